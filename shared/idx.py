@@ -1,0 +1,40 @@
+"""The IDX file format MNIST ships in: a magic number, big-endian dimensions, raw uint8 data."""
+
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+UBYTE = 0x08
+
+
+class IdxFormatError(ValueError):
+    pass
+
+
+def idx_header(shape: Sequence[int]) -> bytes:
+    return struct.pack(">BBBB", 0, 0, UBYTE, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def write_idx(path: Path, shape: Sequence[int], data: bytes) -> None:
+    expected = 1
+    for size in shape:
+        expected *= size
+    if len(data) != expected:
+        raise IdxFormatError(f"{len(data)} bytes do not fill the shape {list(shape)}")
+    path.write_bytes(idx_header(shape) + data)
+
+
+def read_idx(raw: bytes) -> tuple[list[int], memoryview]:
+    """Returns the shape and a view of the uint8 payload."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE:
+        raise IdxFormatError("not an unsigned-byte IDX file")
+    dims = raw[3]
+    shape = list(struct.unpack_from(f">{dims}I", raw, 4))
+    offset = 4 + 4 * dims
+    payload = memoryview(raw)[offset:]
+    expected = 1
+    for size in shape:
+        expected *= size
+    if len(payload) != expected:
+        raise IdxFormatError(f"payload of {len(payload)} bytes, shape {shape} needs {expected}")
+    return shape, payload

@@ -1,0 +1,77 @@
+"""What workers and the API say to each other over the internal routes."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.spec import JobSpec
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EpochMetrics(Message):
+    epoch: int = Field(ge=0)
+    train_loss: float
+    train_accuracy: float = Field(ge=0.0, le=1.0)
+    test_loss: float
+    test_accuracy: float = Field(ge=0.0, le=1.0)
+    # The lr and batch size the epoch started with.
+    lr: float
+    batch_size: int = Field(ge=1)
+    epoch_seconds: float = Field(ge=0.0)
+    images_per_second: float = Field(ge=0.0)
+
+
+class CheckpointRecord(Message):
+    name: str = Field(min_length=1, max_length=200)
+    # Relative to the artifact dir: "{job_id}/{name}".
+    path: str = Field(min_length=1, max_length=500)
+    epoch: int = Field(ge=0)
+    test_accuracy: float | None = None
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class ClaimRequest(Message):
+    worker: str = Field(min_length=1, max_length=200)
+
+
+class Claim(Message):
+    job_id: str
+    attempt: int
+    lease_token: str
+    lease_seconds: float
+    spec: JobSpec
+    checkpoints: list[CheckpointRecord] = []
+
+
+class AttemptPost(Message):
+    attempt: int = Field(ge=1)
+    lease_token: str
+
+
+class EpochReport(AttemptPost):
+    metrics: EpochMetrics
+    checkpoint: CheckpointRecord | None = None
+
+
+class Heartbeat(AttemptPost):
+    pass
+
+
+class JobError(Message):
+    type: str
+    message: str
+
+
+class FinishReport(AttemptPost):
+    status: Literal["succeeded", "failed", "cancelled"]
+    error: JobError | None = None
+
+
+class AttemptAnswer(Message):
+    """The API's answer to every post of an attempt: whether to keep going."""
+
+    cancelled: bool

@@ -1,0 +1,49 @@
+"""Tunelab's one settings object, read from the environment (prefix TUNELAB_)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, HttpUrl, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_VAR_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNELAB_", extra="ignore")
+
+    # The embedded default: SQLite and a broker that needs no server, both under var/.
+    database_url: str = f"sqlite:///{DEFAULT_VAR_DIR}/tunelab.db"
+    broker_url: str = "filesystem://"
+    broker_folder: Path = DEFAULT_VAR_DIR / "broker"
+    data_dir: Path = DEFAULT_VAR_DIR / "data"
+    artifact_dir: Path = DEFAULT_VAR_DIR / "artifacts"
+    api_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")
+    worker_token: str = ""
+    worker_name: str = ""
+
+    # How long a claimed attempt stays leased without a heartbeat or a post.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # Threads for the trainer; 0 means one per available core.
+    torch_threads: int = Field(default=0, ge=0)
+
+    # Limits that protect the service, enforced when a job is submitted.
+    max_epochs: int = Field(default=100, ge=1)
+    max_batch_size: int = Field(default=4096, ge=1)
+    max_channels: int = Field(default=512, ge=1)
+    max_layers: int = Field(default=64, ge=1)
+    max_parameters: int = Field(default=5_000_000, ge=1)
+    max_multiply_adds: int = Field(default=2_000_000_000, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,69 @@
+"""MNIST held as uint8 tensors on the training device, batched without per-image Python."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.idx import read_idx
+from worker.mnist_files import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_dir
+
+# The training set's statistics, as every MNIST example uses them.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 [N, 28, 28]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def first(self, count: int | None) -> "Split":
+        if count is None or count >= len(self):
+            return self
+        return Split(self.images[:count], self.labels[:count])
+
+
+@dataclass(frozen=True)
+class MnistTensors:
+    train: Split
+    test: Split
+
+    def to(self, device: torch.device) -> "MnistTensors":
+        return MnistTensors(
+            Split(self.train.images.to(device), self.train.labels.to(device)),
+            Split(self.test.images.to(device), self.test.labels.to(device)),
+        )
+
+
+def _load_idx(path: Path) -> torch.Tensor:
+    shape, payload = read_idx(path.read_bytes())
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(shape)
+
+
+def load_mnist(data_dir: Path, device: torch.device | None = None) -> MnistTensors:
+    folder = raw_dir(data_dir)
+    data = MnistTensors(
+        Split(_load_idx(folder / TRAIN_IMAGES), _load_idx(folder / TRAIN_LABELS).long()),
+        Split(_load_idx(folder / TEST_IMAGES), _load_idx(folder / TEST_LABELS).long()),
+    )
+    return data.to(device) if device is not None else data
+
+
+class InputTransform:
+    """uint8 images to the float batch the model sees: scaled, maybe standardised."""
+
+    def __init__(self, normalize: bool) -> None:
+        # One fused multiply-add per pixel: (x / 255 - mean) / std.
+        if normalize:
+            self.scale = 1.0 / (255.0 * MNIST_STD)
+            self.shift = MNIST_MEAN / MNIST_STD
+        else:
+            self.scale, self.shift = 1.0 / 255.0, 0.0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        batch = images.unsqueeze(1).to(torch.float32)
+        return batch.mul_(self.scale).sub_(self.shift)

@@ -1,0 +1,171 @@
+"""The training loop: a pure function of a spec, the data and a reporter.
+
+It knows nothing of Celery or HTTP. After each epoch it writes a checkpoint
+and hands the epoch's metrics and checkpoint to the reporter; between batches
+it asks the reporter whether to stop.
+"""
+
+import hashlib
+import logging
+import os
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from shared.messages import CheckpointRecord, EpochMetrics
+from shared.spec import JobSpec
+from worker.training.data import InputTransform, MnistTensors, Split
+from worker.training.model import build_model
+from worker.training.optimizers import build_optimizer
+from worker.training.schedules import LearningRateController, batches_per_epoch
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 2000
+
+
+class Reporter(Protocol):
+    def should_stop(self) -> bool: ...
+
+    def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
+        ...
+
+
+class TrainingStopped(Exception):
+    """The reporter asked the loop to stop (the job was cancelled or its lease lost)."""
+
+
+@dataclass
+class TrainingResult:
+    epochs_completed: int
+    final: EpochMetrics | None
+
+
+@dataclass
+class Checkpointing:
+    """Where the loop writes checkpoints: artifact_root / job_id / epoch-NNN.pt."""
+
+    artifact_root: Path
+    job_id: str
+
+    def write(self, epoch: int, state: dict[str, Any], test_accuracy: float) -> CheckpointRecord:
+        name = f"epoch-{epoch:03d}.pt"
+        relative = f"{self.job_id}/{name}"
+        final_path = self.artifact_root / relative
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        # Written under a temporary name and renamed, so a reader never sees half a file.
+        partial = final_path.with_name(f".{name}.{os.getpid()}.partial")
+        torch.save(state, partial)
+        payload = partial.read_bytes()
+        os.replace(partial, final_path)
+        return CheckpointRecord(name=name, path=relative, epoch=epoch, test_accuracy=test_accuracy,
+                                sha256=hashlib.sha256(payload).hexdigest(), bytes=len(payload))
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device) -> AbstractContextManager[Any]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def evaluate(model: nn.Module, split: Split, transform: InputTransform,
+             device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, in large batches with autograd off."""
+    model.eval()
+    loss_sum = 0.0
+    correct = 0
+    with torch.inference_mode(), _autocast(device):
+        for start in range(0, len(split), EVAL_BATCH_SIZE):
+            images = transform(split.images[start:start + EVAL_BATCH_SIZE])
+            labels = split.labels[start:start + EVAL_BATCH_SIZE]
+            logits = model(images).float()
+            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+    return loss_sum / len(split), correct / len(split)
+
+
+def train(
+    spec: JobSpec,
+    data: MnistTensors,
+    reporter: Reporter,
+    checkpointing: Checkpointing | None = None,
+    device: torch.device | None = None,
+) -> TrainingResult:
+    device = device or pick_device()
+    torch.manual_seed(spec.seed)
+    shuffler = torch.Generator(device="cpu").manual_seed(spec.seed)
+
+    train_split = data.train.first(spec.data.train_subset)
+    test_split = data.test.first(spec.data.test_subset)
+    transform = InputTransform(spec.data.normalize)
+    model = build_model(spec.model.layers or [], spec.model.dropout).to(device)
+    optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    lr_control = LearningRateController(optimizer, spec, len(train_split))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+
+    final: EpochMetrics | None = None
+    for epoch in range(spec.epochs):
+        batch_size = spec.batch_size_for_epoch(epoch)
+        epoch_lr = lr_control.lr
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train_split), generator=shuffler).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        for index in range(batches_per_epoch(len(train_split), batch_size)):
+            if reporter.should_stop():
+                raise TrainingStopped
+            batch = order[index * batch_size:(index + 1) * batch_size]
+            images = transform(train_split.images[batch])
+            labels = train_split.labels[batch]
+            with _autocast(device):
+                logits = model(images)
+                loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr_control.after_batch()
+            # Accumulated on the device: no host sync per batch.
+            loss_sum += loss.detach() * len(batch)
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
+            seen += len(batch)
+        train_seconds = time.perf_counter() - started
+
+        test_loss, test_accuracy = evaluate(model, test_split, transform, device)
+        lr_control.after_epoch(epoch, test_loss)
+        final = EpochMetrics(
+            epoch=epoch,
+            train_loss=float(loss_sum) / seen,
+            train_accuracy=int(correct) / seen,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            lr=epoch_lr,
+            batch_size=batch_size,
+            epoch_seconds=time.perf_counter() - started,
+            images_per_second=seen / train_seconds,
+        )
+        checkpoint = None
+        if checkpointing is not None:
+            checkpoint = checkpointing.write(epoch, {
+                "epoch": epoch,
+                "spec": spec.model_dump(mode="json"),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_control": lr_control.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "shuffler": shuffler.get_state()},
+                "metrics": final.model_dump(),
+            }, test_accuracy)
+        log.info("epoch %d: test accuracy %.4f, %.1f s", epoch, test_accuracy,
+                 final.epoch_seconds)
+        reporter.epoch_finished(final, checkpoint)
+    return TrainingResult(epochs_completed=spec.epochs, final=final)
