@@ -66,8 +66,11 @@ class JobError(Message):
     message: str
 
 
+FinishStatus = Literal["succeeded", "failed", "cancelled"]
+
+
 class FinishReport(AttemptPost):
-    status: Literal["succeeded", "failed", "cancelled"]
+    status: FinishStatus
     error: JobError | None = None
 
 

@@ -1,0 +1,137 @@
+"""One error tree, one handler: domain errors carry their status and become problem+json."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.checks import Problem, SpecRejected
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class TunelabError(Exception):
+    status: int = 400
+    code: str = "bad-request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class Unauthorized(TunelabError):
+    status, code, title = 401, "unauthorized", "Missing or invalid credentials"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class JobNotFound(TunelabError):
+    status, code, title = 404, "job-not-found", "Job not found"
+
+
+class CheckpointNotFound(TunelabError):
+    status, code, title = 404, "checkpoint-not-found", "Checkpoint not found"
+
+
+class JobNotCancellable(TunelabError):
+    status, code, title = 409, "job-not-cancellable", "Job cannot be cancelled"
+
+
+class JobNotClaimable(TunelabError):
+    status, code, title = 409, "job-not-claimable", "Job cannot be claimed"
+
+
+class StaleAttempt(TunelabError):
+    status, code, title = 409, "stale-attempt", "This attempt no longer holds the job"
+
+
+class IdempotencyConflict(TunelabError):
+    status, code, title = 409, "idempotency-conflict", "Idempotency-Key reused with another body"
+
+
+def problem(status: int, code: str, title: str, detail: str,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": f"urn:tunelab:problem:{code}", "title": title, "status": status,
+            "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def json_path(location: tuple[str | int, ...] | list[str | int]) -> str:
+    """('model', 'layers', 2, 'kernel_size') -> 'model.layers[2].kernel_size'."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(body)"
+
+
+def _body_location(location: tuple[Any, ...], body: Any) -> tuple[str | int, ...]:
+    """Drops the parts of a pydantic location that are not in the body (union tags)."""
+    kept: list[str | int] = []
+    node = body
+    parts = list(location)
+    for position, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            kept.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            kept.append(part)
+            node = node[part]
+        elif position == len(parts) - 1 or not isinstance(node, dict | list):
+            # A missing field, or a field inside a value of the wrong type.
+            kept.append(part)
+        # Otherwise a discriminated union's tag (e.g. 'conv'): not part of the JSON path.
+    return tuple(kept)
+
+
+def _problem_entry(location: tuple[str | int, ...], message: str, code: str) -> dict[str, str]:
+    return {"field": json_path(location), "message": message, "type": code}
+
+
+def validation_problem(errors: list[dict[str, str]]) -> JSONResponse:
+    fields = ", ".join(error["field"] for error in errors)
+    return problem(422, "validation-error", "The request is not valid",
+                   f"{len(errors)} problem(s): {fields}", errors=errors)
+
+
+def spec_problems(problems: list[Problem]) -> list[dict[str, str]]:
+    return [_problem_entry(p.location, p.message, p.code) for p in problems]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TunelabError)
+    async def _domain(_request: Request, error: TunelabError) -> JSONResponse:
+        return problem(error.status, error.code, error.title, error.detail, error.headers)
+
+    @app.exception_handler(SpecRejected)
+    async def _spec(_request: Request, error: SpecRejected) -> JSONResponse:
+        return validation_problem(spec_problems(error.problems))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
+        entries = []
+        for item in error.errors():
+            where, *rest = item["loc"] if item["loc"] else ("body",)
+            location = _body_location(tuple(rest), error.body) if where == "body" else (
+                where, *rest)
+            entries.append(_problem_entry(location, item["msg"], item["type"]))
+        return validation_problem(entries)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        title = {404: "Not found", 405: "Method not allowed"}.get(error.status_code, "Error")
+        return problem(error.status_code, title.lower().replace(" ", "-"), title,
+                       str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=error)
+        return problem(500, "internal-error", "Internal error",
+                       "The server failed to handle this request; it has been logged.")

@@ -1,0 +1,155 @@
+"""The job ledger: every change of a job's state, each in one transaction.
+
+Claims are a compare-and-set on the jobs row, so two workers that receive the
+same message cannot both train the job; every later write names its attempt and
+lease token, and a write from an attempt that no longer holds the job is refused.
+"""
+
+import hashlib
+import json
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from api.errors import IdempotencyConflict, JobNotCancellable, JobNotClaimable, StaleAttempt
+from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus, utcnow
+from shared.analysis import Analysis
+from shared.messages import AttemptPost, CheckpointRecord, EpochMetrics, FinishReport
+from shared.spec import JobSpec
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def find_idempotent(session: Session, tenant_id: str, key: str, body_hash: str) -> Job | None:
+    job = session.exec(select(Job).where(Job.tenant_id == tenant_id,
+                                         Job.idempotency_key == key)).first()
+    if job is not None and job.request_hash != body_hash:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different body; "
+                                  "use a new key for a new job")
+    return job
+
+
+def create_job(session: Session, tenant_id: str, spec: JobSpec, analysis: Analysis,
+               idempotency_key: str | None, body_hash: str) -> tuple[Job, bool]:
+    """Stores a queued job; returns it and whether it is new."""
+    if idempotency_key is not None:
+        existing = find_idempotent(session, tenant_id, idempotency_key, body_hash)
+        if existing is not None:
+            return existing, False
+    job = Job(tenant_id=tenant_id, name=spec.name, spec=spec.model_dump(mode="json"),
+              analysis=analysis.summary(), epochs=spec.epochs,
+              idempotency_key=idempotency_key, request_hash=body_hash)
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = find_idempotent(session, tenant_id, idempotency_key, body_hash)
+        if existing is None:
+            raise
+        return existing, False
+    session.refresh(job)
+    return job, True
+
+
+def mark_dispatched(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(col(Job.id) == job_id).values(dispatched_at=utcnow()))
+    session.commit()
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    if JobStatus(job.status).finished:
+        raise JobNotCancellable(f"job {job.id} is already {job.status}")
+    # Compare-and-set: a job that finished meanwhile keeps its final status.
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.status).in_([JobStatus.queued, JobStatus.running]))
+        .values(status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
+    )
+    session.commit()
+    session.refresh(job)
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise JobNotCancellable(f"job {job.id} is already {job.status}")
+    return job
+
+
+def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) -> Job:
+    now = utcnow()
+    token = secrets.token_hex(16)
+    claimable = or_(
+        col(Job.status) == JobStatus.queued,
+        and_(col(Job.status) == JobStatus.running, col(Job.lease_expires_at) < now),
+    )
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, claimable)
+        .values(status=JobStatus.running, attempts=col(Job.attempts) + 1, worker=worker,
+                lease_token=token, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=func.coalesce(col(Job.started_at), now))
+    )
+    session.commit()
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotClaimable(f"no job {job_id}")
+    session.refresh(job)
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise JobNotClaimable(f"job {job_id} is {job.status}"
+                              + (" and leased to a live attempt" if job.status == "running"
+                                 else ""))
+    return job
+
+
+def holding_attempt(session: Session, job_id: str, post: AttemptPost) -> Job | None:
+    """The job if `post` comes from the attempt that holds it; None if the job was cancelled."""
+    job = session.get(Job, job_id)
+    if job is None or job.attempts != post.attempt or job.lease_token != post.lease_token:
+        raise StaleAttempt(f"attempt {post.attempt} does not hold job {job_id}")
+    if job.status == JobStatus.cancelled:
+        return None
+    if job.status != JobStatus.running:
+        raise StaleAttempt(f"job {job_id} is {job.status}")
+    return job
+
+
+def renew_lease(job: Job, lease_seconds: float) -> None:
+    job.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+
+
+def record_epoch(session: Session, job: Job, attempt: int, metrics: EpochMetrics,
+                 checkpoint: CheckpointRecord | None) -> None:
+    """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing."""
+    if session.get(EpochMetricRow, (job.id, metrics.epoch)) is None:
+        session.add(EpochMetricRow(job_id=job.id, attempt=attempt, **metrics.model_dump()))
+    if checkpoint is not None and session.get(CheckpointRow, (job.id, checkpoint.name)) is None:
+        session.add(CheckpointRow(job_id=job.id, attempt=attempt, **checkpoint.model_dump()))
+    job.epochs_completed = max(job.epochs_completed, metrics.epoch + 1)
+    if job.best_test_accuracy is None or metrics.test_accuracy > job.best_test_accuracy:
+        job.best_epoch, job.best_test_accuracy = metrics.epoch, metrics.test_accuracy
+    session.add(job)
+
+
+def finish_job(session: Session, job: Job, report: FinishReport) -> None:
+    job.status = report.status
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    job.error = report.error.model_dump() if report.error else None
+    session.add(job)
+
+
+def latest_metrics(session: Session, job_id: str) -> EpochMetricRow | None:
+    return session.exec(select(EpochMetricRow).where(EpochMetricRow.job_id == job_id)
+                        .order_by(col(EpochMetricRow.epoch).desc())).first()
+
+
+def checkpoints_of(session: Session, job_id: str) -> list[CheckpointRow]:
+    return list(session.exec(select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+                             .order_by(col(CheckpointRow.epoch), col(CheckpointRow.name))))

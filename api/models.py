@@ -1,0 +1,124 @@
+"""The API's tables. The database is the ledger: a job lives here before any broker hears of it."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, MetaData, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from api.ids import new_id
+
+# Deterministic constraint names, so migrations can find them on every database.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+    id: str = Field(default_factory=lambda: new_id("ten"), primary_key=True, max_length=40)
+    name: str = Field(unique=True, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow,
+                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+    id: str = Field(default_factory=lambda: new_id("key"), primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    # The visible part of the key, to find its row; the rest is only ever stored hashed.
+    prefix: str = Field(unique=True, max_length=32)
+    key_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow,
+                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    revoked_at: datetime | None = Field(default=None,
+                                        sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: str = Field(default_factory=lambda: new_id("job"), primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    name: str | None = Field(default=None, max_length=200)
+    status: str = Field(default=JobStatus.queued, index=True, max_length=16)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    analysis: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    epochs: int
+    epochs_completed: int = 0
+    created_at: datetime = Field(default_factory=utcnow,
+                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    started_at: datetime | None = Field(default=None,
+                                        sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    finished_at: datetime | None = Field(default=None,
+                                         sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    # When the broker was last told of the job; None means it still has to be.
+    dispatched_at: datetime | None = Field(default=None,
+                                           sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    attempts: int = 0
+    worker: str | None = Field(default=None, max_length=200)
+    lease_token: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None,
+                                              sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    best_epoch: int | None = None
+    best_test_accuracy: float | None = None
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    request_hash: str | None = Field(default=None, max_length=64)
+
+
+class EpochMetricRow(SQLModel, table=True):
+    __tablename__ = "epoch_metrics"
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True, max_length=40)
+    epoch: int = Field(primary_key=True)
+    attempt: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    lr: float
+    batch_size: int
+    epoch_seconds: float
+    images_per_second: float
+    created_at: datetime = Field(default_factory=utcnow,
+                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class CheckpointRow(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True, max_length=40)
+    name: str = Field(primary_key=True, max_length=200)
+    path: str = Field(max_length=500)
+    epoch: int
+    attempt: int
+    test_accuracy: float | None = None
+    sha256: str = Field(max_length=64)
+    bytes: int
+    created_at: datetime = Field(default_factory=utcnow,
+                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

@@ -1,0 +1,82 @@
+"""Worker routes: claim a job, post epochs, heartbeat, finish. Not part of the public contract.
+
+Every post names its attempt and lease token; the answer tells the worker whether
+the job was cancelled. A repeated post (after a timeout) changes nothing.
+"""
+
+from fastapi import APIRouter
+
+from api.deps import SessionDep, SettingsDep, WorkerDep
+from api.ledger import (
+    checkpoints_of,
+    claim_job,
+    finish_job,
+    holding_attempt,
+    record_epoch,
+    renew_lease,
+)
+from shared.messages import (
+    AttemptAnswer,
+    CheckpointRecord,
+    Claim,
+    ClaimRequest,
+    EpochReport,
+    FinishReport,
+    Heartbeat,
+)
+from shared.spec import JobSpec
+
+router = APIRouter(prefix="/internal/v1/jobs", tags=["internal"], dependencies=[WorkerDep])
+
+CANCELLED = AttemptAnswer(cancelled=True)
+CARRY_ON = AttemptAnswer(cancelled=False)
+
+
+@router.post("/{job_id}/claim", response_model=Claim)
+def claim(job_id: str, request: ClaimRequest, session: SessionDep,
+          settings: SettingsDep) -> Claim:
+    """Start a new attempt of a queued job (or of one whose lease expired)."""
+    job = claim_job(session, job_id, request.worker, settings.lease_seconds)
+    return Claim(
+        job_id=job.id, attempt=job.attempts, lease_token=job.lease_token or "",
+        lease_seconds=settings.lease_seconds, spec=JobSpec.model_validate(job.spec),
+        checkpoints=[CheckpointRecord.model_validate(row, from_attributes=True)
+                     for row in checkpoints_of(session, job.id)],
+    )
+
+
+@router.post("/{job_id}/epochs", response_model=AttemptAnswer)
+def post_epoch(job_id: str, report: EpochReport, session: SessionDep,
+               settings: SettingsDep) -> AttemptAnswer:
+    """Record an epoch's metrics and checkpoint; renews the lease."""
+    job = holding_attempt(session, job_id, report)
+    if job is None:
+        return CANCELLED
+    record_epoch(session, job, report.attempt, report.metrics, report.checkpoint)
+    renew_lease(job, settings.lease_seconds)
+    session.commit()
+    return CARRY_ON
+
+
+@router.post("/{job_id}/heartbeat", response_model=AttemptAnswer)
+def heartbeat(job_id: str, beat: Heartbeat, session: SessionDep,
+              settings: SettingsDep) -> AttemptAnswer:
+    """Keep the lease alive through a long epoch."""
+    job = holding_attempt(session, job_id, beat)
+    if job is None:
+        return CANCELLED
+    renew_lease(job, settings.lease_seconds)
+    session.add(job)
+    session.commit()
+    return CARRY_ON
+
+
+@router.post("/{job_id}/finish", response_model=AttemptAnswer)
+def finish(job_id: str, report: FinishReport, session: SessionDep) -> AttemptAnswer:
+    """The attempt's end: succeeded, failed (with a reason) or stopped after a cancel."""
+    job = holding_attempt(session, job_id, report)
+    if job is None:
+        return CANCELLED
+    finish_job(session, job, report)
+    session.commit()
+    return CARRY_ON

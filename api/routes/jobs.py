@@ -1,0 +1,159 @@
+"""The tenant-facing job routes of API v1."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import FileResponse, StreamingResponse
+from sqlmodel import Session, col, select
+
+from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
+from api.errors import CheckpointNotFound
+from api.ledger import (
+    cancel_job,
+    checkpoints_of,
+    create_job,
+    latest_metrics,
+    mark_dispatched,
+    request_hash,
+)
+from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
+from api.schemas import CheckpointList, CheckpointPublic, JobList, JobPublic, MetricsPage, metrics_of
+from shared.checks import check_spec
+from shared.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+EVENT_POLL_SECONDS = 1.0
+
+
+def public(session: Session, job: Job) -> JobPublic:
+    return JobPublic.build(job, latest_metrics(session, job.id), checkpoints_of(session, job.id))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
+             responses={200: {"model": JobPublic, "description": "Idempotent replay"}})
+def submit_job(
+    spec: JobSpec,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    """Validate a job spec, store it as queued, and hand it to a worker."""
+    analysis = check_spec(spec, settings)
+    body_hash = request_hash(spec.model_dump(mode="json"))
+    job, created = create_job(session, tenant.id, spec, analysis, idempotency_key, body_hash)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    elif dispatcher.send(job.id):
+        # Committed first, then sent: a job is never in the broker but not in the ledger.
+        mark_dispatched(session, job.id)
+        session.refresh(job)
+    return public(session, job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> JobList:
+    """The tenant's jobs, newest first."""
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor:
+        query = query.where(col(Job.id) < cursor)
+    jobs = list(session.exec(query.order_by(col(Job.id).desc()).limit(limit + 1)))
+    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    return JobList(items=[public(session, job) for job in jobs[:limit]], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: JobDep, session: SessionDep) -> JobPublic:
+    """One job: status, progress, latest metrics, best epoch, checkpoints."""
+    return public(session, job)
+
+
+def _metrics_after(session: Session, job_id: str, since_epoch: int | None) -> list[EpochMetricRow]:
+    query = select(EpochMetricRow).where(EpochMetricRow.job_id == job_id)
+    if since_epoch is not None:
+        query = query.where(col(EpochMetricRow.epoch) > since_epoch)
+    return list(session.exec(query.order_by(col(EpochMetricRow.epoch))))
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage)
+def get_metrics(
+    job: JobDep,
+    session: SessionDep,
+    since_epoch: Annotated[int | None, Query(ge=-1, description="Only rows after this epoch")]
+    = None,
+) -> MetricsPage:
+    """The job's per-epoch metrics rows, oldest first; `since_epoch=N` returns epochs after N."""
+    rows = _metrics_after(session, job.id, since_epoch)
+    return MetricsPage(job_id=job.id, status=JobStatus(job.status),
+                       items=[metrics_of(row) for row in rows])
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def stream_events(job: JobDep, request: Request) -> StreamingResponse:
+    """Server-Sent Events: a `metrics` event per epoch, then one `status` event when the job ends."""
+    engine = request.app.state.engine
+    job_id = job.id
+
+    async def events() -> AsyncIterator[str]:
+        last_epoch = -1
+        while not await request.is_disconnected():
+            with Session(engine) as session:
+                current = session.get(Job, job_id)
+                rows = _metrics_after(session, job_id, last_epoch)
+                for row in rows:
+                    last_epoch = row.epoch
+                    yield f"event: metrics\ndata: {metrics_of(row).model_dump_json()}\n\n"
+                if current is None or JobStatus(current.status).finished:
+                    state = current.status if current else "unknown"
+                    yield f"event: status\ndata: {json.dumps({'status': state})}\n\n"
+                    return
+            await asyncio.sleep(EVENT_POLL_SECONDS)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel(job: JobDep, session: SessionDep) -> JobPublic:
+    """Cancel a queued or running job; a running one stops at its next batch."""
+    return public(session, cancel_job(session, job))
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def list_checkpoints(job: JobDep, session: SessionDep) -> CheckpointList:
+    """The job's checkpoints, with their SHA-256 and size."""
+    return CheckpointList(items=[CheckpointPublic.from_row(row)
+                                 for row in checkpoints_of(session, job.id)])
+
+
+@router.get("/{job_id}/checkpoints/{name}", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def download_checkpoint(name: str, job: JobDep, session: SessionDep,
+                        settings: SettingsDep) -> FileResponse:
+    """Download one checkpoint file by its recorded name."""
+    row = session.get(CheckpointRow, (job.id, name))
+    missing = CheckpointNotFound(f"job {job.id} has no checkpoint {name!r}")
+    if row is None:
+        raise missing
+    root = settings.artifact_dir.resolve()
+    path = (root / row.path).resolve()
+    # Only files inside the artifact root are ever served, whatever a row says.
+    if not path.is_relative_to(root) or not path.is_file():
+        raise missing
+    return FileResponse(Path(path), media_type="application/octet-stream", filename=row.name,
+                        headers={"X-Checkpoint-SHA256": row.sha256})

@@ -1,0 +1,107 @@
+"""Response models: what clients see, never the tables themselves."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
+from shared.messages import EpochMetrics, JobError
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without a zone; everything stored is UTC.
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class Progress(BaseModel):
+    epochs_completed: int
+    epochs: int
+
+
+class Summary(BaseModel):
+    parameters: int
+    receptive_field: int
+    multiply_adds: int
+
+
+class BestEpoch(BaseModel):
+    epoch: int
+    test_accuracy: float
+
+
+class CheckpointPublic(BaseModel):
+    name: str
+    path: str = Field(description="Relative to the artifact dir")
+    epoch: int
+    test_accuracy: float | None
+    sha256: str
+    bytes: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: CheckpointRow) -> "CheckpointPublic":
+        return cls(name=row.name, path=row.path, epoch=row.epoch, test_accuracy=row.test_accuracy,
+                   sha256=row.sha256, bytes=row.bytes, created_at=as_utc(row.created_at))
+
+
+def metrics_of(row: EpochMetricRow) -> EpochMetrics:
+    return EpochMetrics.model_validate(row, from_attributes=True)
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str | None
+    status: JobStatus
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    worker: str | None
+    progress: Progress
+    analysis: Summary
+    latest_metrics: EpochMetrics | None
+    best: BestEpoch | None
+    checkpoints: list[CheckpointPublic]
+    error: JobError | None
+
+    @classmethod
+    def build(cls, job: Job, latest: EpochMetricRow | None,
+              checkpoints: list[CheckpointRow]) -> "JobPublic":
+        best = None
+        if job.best_epoch is not None and job.best_test_accuracy is not None:
+            best = BestEpoch(epoch=job.best_epoch, test_accuracy=job.best_test_accuracy)
+        return cls(
+            id=job.id, name=job.name, status=JobStatus(job.status), spec=job.spec,
+            created_at=as_utc(job.created_at), started_at=as_utc(job.started_at),
+            finished_at=as_utc(job.finished_at), attempts=job.attempts, worker=job.worker,
+            progress=Progress(epochs_completed=job.epochs_completed, epochs=job.epochs),
+            analysis=Summary(**{k: job.analysis[k] for k in Summary.model_fields}),
+            latest_metrics=metrics_of(latest) if latest is not None else None,
+            best=best,
+            checkpoints=[CheckpointPublic.from_row(row) for row in checkpoints],
+            error=JobError.model_validate(job.error) if job.error else None,
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class MetricsPage(BaseModel):
+    job_id: str
+    status: JobStatus
+    items: list[EpochMetrics]
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointPublic]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}

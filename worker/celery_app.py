@@ -1,0 +1,22 @@
+"""The Celery app workers run: `tunelab worker` (or `celery -A worker.celery_app worker`)."""
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from shared.broker import celery_config
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+app = Celery("tunelab-worker", include=["worker.tasks"])
+app.conf.update(celery_config(get_settings()))
+
+
+@worker_process_init.connect
+def _configure_training_process(**_kwargs: object) -> None:
+    # Runs in each pool child after the fork, so CUDA is first touched here, never before.
+    from worker.runtime import configure_torch
+
+    configure_torch(get_settings())

@@ -1,0 +1,66 @@
+"""The Celery task: claim, train, report. All the training lives in worker.training."""
+
+import logging
+import os
+import socket
+
+from worker.api_client import ApiClient, ApiRefused
+from worker.celery_app import app
+from worker.reporter import AttemptReporter
+from worker.runtime import mnist_on_device
+from shared.broker import TRAIN_TASK
+from shared.messages import JobError
+from shared.settings import get_settings
+from worker.training.loop import Checkpointing, TrainingStopped, pick_device, train
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return get_settings().worker_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def describe_failure(error: BaseException) -> JobError:
+    """Words a user can act on, never a traceback."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, MemoryError) or "out of memory" in text.lower():
+        return JobError(type="out_of_memory",
+                        message=f"training ran out of memory ({text}); lower batch_size or "
+                                "the model's channels")
+    if isinstance(error, FloatingPointError) or "nan" in text.lower():
+        return JobError(type="diverged",
+                        message=f"training diverged ({text}); lower the learning rate")
+    return JobError(type=type(error).__name__, message=text[:500])
+
+
+@app.task(name=TRAIN_TASK)
+def train_job(job_id: str) -> None:
+    settings = get_settings()
+    client = ApiClient(str(settings.api_url).rstrip("/"), settings.worker_token)
+    try:
+        try:
+            claim = client.claim(job_id, worker_name())
+        except ApiRefused as refused:
+            # Cancelled, finished, or held by a live attempt: a duplicate delivery is harmless.
+            log.info("job %s not claimed: %s", job_id, refused.body)
+            return
+        log.info("job %s: attempt %d started", job_id, claim.attempt)
+        with AttemptReporter(client, claim, settings.heartbeat_seconds) as reporter:
+            try:
+                data = mnist_on_device(str(settings.data_dir))
+                train(claim.spec, data, reporter,
+                      Checkpointing(settings.artifact_dir, job_id), pick_device())
+            except TrainingStopped:
+                log.info("job %s: attempt %d stopped (%s)", job_id, claim.attempt,
+                         "cancelled" if reporter.cancelled.is_set() else "lease lost")
+                if reporter.cancelled.is_set():
+                    reporter.finish("cancelled")
+                return
+            except Exception as error:
+                log.exception("job %s: attempt %d failed", job_id, claim.attempt)
+                reporter.finish("failed", describe_failure(error))
+                return
+            reporter.finish("cancelled" if reporter.cancelled.is_set() else "succeeded")
+            log.info("job %s: attempt %d finished", job_id, claim.attempt)
+    finally:
+        client.close()
