@@ -22,13 +22,14 @@ class CeleryDispatcher:
     def __init__(self, settings: Settings) -> None:
         for folder in broker_folders(settings):
             Path(folder).mkdir(parents=True, exist_ok=True)
+        self.queue = settings.queue
         self.app = Celery("tunelab-api")
         self.app.conf.update(celery_config(settings))
 
     def send(self, job_id: str) -> bool:
         """True once the broker holds the message; False leaves it to the dispatch sweep."""
         try:
-            self.app.send_task(TRAIN_TASK, args=[job_id])
+            self.app.send_task(TRAIN_TASK, args=[job_id], queue=self.queue)
         except Exception as error:  # noqa: BLE001 - any broker failure means "not sent yet"
             log.warning("job %s stored but not sent to the broker: %s", job_id, error)
             return False

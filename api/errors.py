@@ -73,21 +73,21 @@ def json_path(location: tuple[str | int, ...] | list[str | int]) -> str:
 
 
 def _body_location(location: tuple[Any, ...], body: Any) -> tuple[str | int, ...]:
-    """Drops the parts of a pydantic location that are not in the body (union tags)."""
+    """Drops the parts of a pydantic location that are not in the body: a discriminated
+    union puts its tag (e.g. 'conv') between a list index and the field."""
     kept: list[str | int] = []
     node = body
-    parts = list(location)
-    for position, part in enumerate(parts):
+    for part in location:
+        if isinstance(node, dict) and part not in node and part in (
+                node.get("type"), node.get("name")):
+            continue
+        kept.append(part)
         if isinstance(node, dict) and part in node:
-            kept.append(part)
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            kept.append(part)
             node = node[part]
-        elif position == len(parts) - 1 or not isinstance(node, dict | list):
-            # A missing field, or a field inside a value of the wrong type.
-            kept.append(part)
-        # Otherwise a discriminated union's tag (e.g. 'conv'): not part of the JSON path.
+        else:
+            node = None
     return tuple(kept)
 
 
@@ -119,9 +119,16 @@ def install_error_handlers(app: FastAPI) -> None:
         entries = []
         for item in error.errors():
             where, *rest = item["loc"] if item["loc"] else ("body",)
-            location = _body_location(tuple(rest), error.body) if where == "body" else (
-                where, *rest)
-            entries.append(_problem_entry(location, item["msg"], item["type"]))
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "json_invalid":
+                # The location is a character offset here, not a field.
+                location: tuple[str | int, ...] = ()
+                message = f"the body is not valid JSON (at character {rest[0] if rest else 0})"
+            elif where == "body":
+                location = _body_location(tuple(rest), error.body)
+            else:
+                location = (where, *rest)
+            entries.append(_problem_entry(location, message, item["type"]))
         return validation_problem(entries)
 
     @app.exception_handler(StarletteHTTPException)

@@ -36,7 +36,7 @@ def create_key(session: Session, tenant_name: str) -> tuple[Tenant, str]:
 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
-    parts = key.split("_")
+    parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_SCHEME:
         return None
     row = session.exec(select(ApiKey).where(ApiKey.prefix == parts[1])).first()

@@ -57,17 +57,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     require(settings, "worker_token")
     _logging()
-    from worker.mnist_files import prepare_mnist
+    from worker.mnist_files import ensure_mnist
 
     # Done here, before the pool forks, so each training process finds the files ready.
-    prepare_mnist(settings.data_dir)
-    from shared.broker import TRAIN_QUEUE, broker_folders
+    ensure_mnist(settings.data_dir)
+    from shared.broker import broker_folders
     from worker.celery_app import app
 
     for folder in broker_folders(settings):
         Path(folder).mkdir(parents=True, exist_ok=True)
     argv = ["worker", "--loglevel=INFO", "--pool=prefork", f"--concurrency={args.concurrency}",
-            "-Q", TRAIN_QUEUE, "--without-gossip", "--without-mingle"]
+            "-Q", settings.queue, "--without-gossip", "--without-mingle"]
     if settings.worker_name:
         argv += ["-n", settings.worker_name]
     app.worker_main(argv)

@@ -5,13 +5,12 @@ from typing import Any
 from shared.settings import Settings
 
 TRAIN_TASK = "tunelab.train_job"
-TRAIN_QUEUE = "training"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
-        "task_default_queue": TRAIN_QUEUE,
+        "task_default_queue": settings.queue,
         "task_ignore_result": True,
         # Training jobs are long: hand a message back if the worker dies holding it, take one
         # at a time, and let the lease (not the broker) decide when a job is lost.

@@ -16,6 +16,8 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{DEFAULT_VAR_DIR}/tunelab.db"
     broker_url: str = "filesystem://"
     broker_folder: Path = DEFAULT_VAR_DIR / "broker"
+    # The broker queue training jobs go through; workers listen on the same one.
+    queue: str = Field(default="training", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     data_dir: Path = DEFAULT_VAR_DIR / "data"
     artifact_dir: Path = DEFAULT_VAR_DIR / "artifacts"
     api_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")

@@ -126,6 +126,14 @@ SOURCES: list[Source] = [
 ]
 
 
+def ensure_mnist(data_dir: Path) -> Path:
+    """Prepares MNIST only if a file is missing; files already there were checked when written."""
+    target = raw_dir(data_dir)
+    if all((target / name).is_file() for name in MNIST_MD5):
+        return target
+    return prepare_mnist(data_dir)
+
+
 def prepare_mnist(
     data_dir: Path,
     sources: list[Source] | None = None,

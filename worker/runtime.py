@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 
 from shared.settings import Settings
-from worker.mnist_files import prepare_mnist
+from worker.mnist_files import ensure_mnist
 from worker.training.data import MnistTensors, load_mnist
 from worker.training.loop import pick_device
 
@@ -24,7 +24,7 @@ def configure_torch(settings: Settings) -> None:
 @lru_cache(maxsize=1)
 def mnist_on_device(data_dir: str) -> MnistTensors:
     """MNIST loaded once per worker process, onto the training device."""
-    prepare_mnist(Path(data_dir))
+    ensure_mnist(Path(data_dir))
     return load_mnist(Path(data_dir), pick_device())
 
 

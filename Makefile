@@ -1,0 +1,42 @@
+# Tunelab: `make run` starts the service on its embedded default, `make test` checks everything.
+# Both install what they need into .venv first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PORT ?= 8000
+
+.PHONY: install run test test-unit test-integration lint format bench-train clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	# torch and torchvision are pinned in the `worker` extra; pip takes them as they are.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[worker,dev]"
+	touch $(INSTALLED)
+
+run: install
+	$(BIN)/tunelab dev --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+test-integration: install
+	$(BIN)/pytest tests/integration
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,144 @@
+"""Real Tunelab processes for integration tests: the API under uvicorn and Celery workers,
+each on free ports and folders of its own, always stopped at the end."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Polls `check` until it returns something truthy, or fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, grace: float = 15.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        # Each process leads its own group, so this reaches Celery's pool children too.
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+
+@dataclass
+class Stack:
+    """The environment of one Tunelab deployment, and the processes started in it."""
+
+    workdir: Path
+    database_url: str
+    broker_url: str
+    queue: str
+    port: int = field(default_factory=free_port)
+    processes: list[Process] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith("TUNELAB_")}
+        env.update({
+            "TUNELAB_DATABASE_URL": self.database_url,
+            "TUNELAB_BROKER_URL": self.broker_url,
+            "TUNELAB_BROKER_FOLDER": str(self.workdir / "broker"),
+            "TUNELAB_QUEUE": self.queue,
+            "TUNELAB_DATA_DIR": str(self.workdir / "data"),
+            "TUNELAB_ARTIFACT_DIR": str(self.workdir / "artifacts"),
+            "TUNELAB_API_URL": self.api_url,
+            "TUNELAB_WORKER_TOKEN": "integration-worker-token",
+            "TUNELAB_HEARTBEAT_SECONDS": "1",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        })
+        return env
+
+    def tunelab(self, *args: str, timeout: float = 120) -> str:
+        """Runs one `tunelab` command to completion and returns its output."""
+        result = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT,
+                                env=self.env(), capture_output=True, text=True, timeout=timeout,
+                                check=False)
+        assert result.returncode == 0, f"tunelab {' '.join(args)}: {result.stderr[-2000:]}"
+        return result.stdout
+
+    def start(self, name: str, *args: str) -> Process:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT,
+                                     env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        process = Process(name, popen, log_path)
+        self.processes.append(process)
+        return process
+
+    def start_api(self) -> Process:
+        process = self.start("api", "api", "--port", str(self.port))
+
+        def healthy() -> bool:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"the API exited:\n{process.log()[-3000:]}")
+            try:
+                return httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, 60, "the API to answer /healthz")
+        return process
+
+    def start_worker(self, name: str = "worker") -> Process:
+        process = self.start(name, "worker")
+
+        def ready() -> bool:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"the worker exited:\n{process.log()[-3000:]}")
+            return " ready." in process.log()
+
+        wait_until(ready, 90, "the worker to be ready")
+        return process
+
+    def create_key(self, tenant: str = "acme") -> str:
+        return self.tunelab("keys", "create", tenant).strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log()[-4000:]}" for p in self.processes)

@@ -1,0 +1,97 @@
+from tests.unit.api.test_jobs_routes import submit
+from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
+
+
+class TestWorkerAuth:
+    def test_worker_routes_need_the_worker_token(self, client, auth):
+        job = submit(client, auth)
+        for headers in ({}, auth, {"Authorization": "Bearer wrong"}):
+            response = WorkerCalls(client, headers).claim(job["id"])
+            assert response.status_code == 401
+
+
+class TestClaim:
+    def test_claim_starts_attempt_one_and_hands_over_the_spec(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        claim = WorkerCalls(client, worker_auth).claim(job["id"], "gpu-node-3").json()
+        assert claim["attempt"] == 1
+        assert claim["spec"] == job["spec"]
+        fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+        assert (fetched["status"], fetched["worker"], fetched["attempts"]) == (
+            "running", "gpu-node-3", 1)
+        assert fetched["started_at"] is not None
+
+    def test_a_duplicate_delivery_cannot_claim_a_leased_job(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        worker.attempt(job["id"], "node-1")
+        assert worker.claim(job["id"], "node-2").status_code == 409
+
+    def test_a_cancelled_job_is_never_claimed(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+        assert WorkerCalls(client, worker_auth).claim(job["id"]).status_code == 409
+
+    def test_an_expired_lease_can_be_claimed_again(self, client, auth, worker_auth, settings):
+        settings.lease_seconds = 0.001
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        first = worker.attempt(job["id"], "node-1")
+        second = worker.attempt(job["id"], "node-2")
+        assert (first["attempt"], second["attempt"]) == (1, 2)
+        # The first attempt's writes are refused from now on.
+        assert worker.post_epoch(job["id"], first, 0).status_code == 409
+
+
+class TestEpochPosts:
+    def test_a_repeated_post_changes_nothing(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        record = checkpoint_record(job["id"], 0)
+        for _ in range(2):
+            response = worker.post_epoch(job["id"], attempt, 0, checkpoint=record)
+            assert response.json() == {"cancelled": False}
+        metrics = client.get(f"/v1/jobs/{job['id']}/metrics", headers=auth).json()["items"]
+        checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()
+        assert len(metrics) == 1
+        assert len(checkpoints["items"]) == 1
+
+    def test_a_wrong_lease_token_is_refused(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        forged = {**attempt, "lease_token": "0" * 32}
+        assert worker.post_epoch(job["id"], forged, 0).status_code == 409
+
+    def test_bad_metrics_are_422(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        response = worker.post_epoch(job["id"], worker.attempt(job["id"]), 0, test_accuracy=2.0)
+        assert response.status_code == 422
+
+
+class TestFinish:
+    def test_success_is_recorded(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        assert worker.finish(job["id"], attempt).status_code == 200
+        fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+        assert fetched["status"] == "succeeded"
+        assert fetched["finished_at"] is not None
+
+    def test_failure_keeps_the_reason(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        error = {"type": "diverged", "message": "training diverged; lower the learning rate"}
+        worker.finish(job["id"], worker.attempt(job["id"]), "failed", error)
+        fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+        assert (fetched["status"], fetched["error"]) == ("failed", error)
+
+    def test_a_finished_job_refuses_more_writes(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        worker.finish(job["id"], attempt)
+        assert worker.post_epoch(job["id"], attempt, 0).status_code == 409

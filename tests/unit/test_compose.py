@@ -1,0 +1,153 @@
+"""docker-compose.yml and the Dockerfile checked against the code they run, without Docker:
+commands must parse with the real CLI and every TUNELAB_* name must be a real setting."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cli.main import build_parser
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SERVICES = {"postgres", "redis", "migrate", "api", "worker"}
+
+
+def _argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def _parses(argv: list[str]) -> Any:
+    assert argv[0] == "tunelab", argv
+    try:
+        return build_parser().parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"`{shlex.join(argv)}` does not parse with the tunelab CLI")
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Target path -> source, for short ("src:dst[:mode]") and long volume syntax."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume.get("source", ""), volume["target"]
+        mounts[target] = source
+    return mounts
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    # Read raw: ${VAR:?msg} interpolation is left as text, which is all these checks need.
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+class TestCompose:
+    def test_has_the_five_services(self, services):
+        assert set(services) >= SERVICES
+
+    def test_tunelab_commands_parse_with_the_cli(self, services):
+        commands = {
+            name: _argv(service["command"])
+            for name, service in services.items()
+            if "command" in service and _argv(service["command"])[0] == "tunelab"
+        }
+        assert {"migrate", "api", "worker"} <= set(commands)
+        for argv in commands.values():
+            _parses(argv)
+        assert _parses(commands["api"]).command == "api"
+        assert _parses(commands["worker"]).command == "worker"
+
+    def test_api_listens_on_all_interfaces_at_the_published_port(self, services):
+        args = _parses(_argv(services["api"]["command"]))
+        assert args.host == "0.0.0.0"
+        assert any(str(port).endswith(f":{args.port}") for port in services["api"]["ports"])
+
+    def test_tunelab_variables_are_settings_fields(self, services):
+        fields = {f"TUNELAB_{name.upper()}" for name in Settings.model_fields}
+        used = {
+            key
+            for service in services.values()
+            for key in _environment(service)
+            if key.startswith("TUNELAB_")
+        }
+        assert used, "no TUNELAB_* variables found"
+        assert used <= fields, f"not settings: {sorted(used - fields)}"
+
+    def test_interpolated_variables_are_settings_or_postgres_ones(self):
+        fields = {f"TUNELAB_{name.upper()}" for name in Settings.model_fields}
+        names = set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
+        unknown = {n for n in names if n not in fields and not n.startswith("POSTGRES_")}
+        assert not unknown, f"unknown variables: {sorted(unknown)}"
+
+    def test_service_environment_is_valid_settings(self, services, monkeypatch):
+        for key in [k for k in __import__("os").environ if k.startswith("TUNELAB_")]:
+            monkeypatch.delenv(key)
+        env = _environment(services["api"])
+        prefix = len("TUNELAB_")
+        settings = Settings(**{key[prefix:].lower(): value for key, value in env.items()})
+        assert settings.database_url.startswith("postgresql+psycopg://")
+        assert settings.broker_url.startswith("redis://")
+
+    def test_worker_reserves_a_gpu(self, services):
+        devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+        assert any(
+            device.get("driver") == "nvidia" and "gpu" in device.get("capabilities", [])
+            for device in devices
+        )
+
+    @pytest.mark.parametrize("variable", ["TUNELAB_DATA_DIR", "TUNELAB_ARTIFACT_DIR"])
+    def test_api_and_worker_share_volumes_at_the_configured_paths(
+        self, compose, services, variable
+    ):
+        api, worker = services["api"], services["worker"]
+        path = _environment(api)[variable]
+        assert _environment(worker)[variable] == path
+        source = _mounts(api).get(path)
+        assert source, f"api mounts nothing at {path}"
+        assert _mounts(worker).get(path) == source
+        assert source in (compose.get("volumes") or {}), f"{source} is not a named volume"
+
+    def test_migrate_runs_first(self, services):
+        assert _argv(services["migrate"]["command"]) == ["tunelab", "db", "upgrade"]
+        depends = services["api"]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+    def test_waits_only_on_services_with_healthchecks(self, services):
+        for service in services.values():
+            depends = service.get("depends_on") or {}
+            for name, rule in (depends.items() if isinstance(depends, dict) else []):
+                assert name in services
+                if rule.get("condition") == "service_healthy":
+                    assert "healthcheck" in services[name], f"{name} has no healthcheck"
+
+
+class TestDockerfile:
+    def test_cmd_parses_with_the_cli(self):
+        lines = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD")]
+        assert len(lines) == 1
+        value = lines[0][len("CMD") :].strip()
+        argv = json.loads(value) if value.startswith("[") else shlex.split(value)
+        args = _parses(argv)
+        assert args.command == "api"
+        assert args.host == "0.0.0.0"
