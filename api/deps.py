@@ -15,8 +15,11 @@ from api.models import Job, Tenant
 from shared.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="A tenant API key: `tunelab keys create`")
-worker_bearer = HTTPBearer(auto_error=False, scheme_name="WorkerToken",
-                           description="The workers' shared token (TUNELAB_WORKER_TOKEN)")
+worker_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="WorkerToken",
+    description="The workers' shared token (TUNELAB_WORKER_TOKEN)",
+)
 
 
 def get_settings(request: Request) -> Settings:
@@ -66,8 +69,11 @@ JobDep = Annotated[Job, Depends(tenant_job)]
 
 def require_worker(settings: SettingsDep, credentials: WorkerCredentials) -> None:
     expected = settings.worker_token
-    if not expected or credentials is None or not hmac.compare_digest(
-            credentials.credentials.encode(), expected.encode()):
+    if (
+        not expected
+        or credentials is None
+        or not hmac.compare_digest(credentials.credentials.encode(), expected.encode())
+    ):
         raise Unauthorized("worker routes need the worker token")
 
 

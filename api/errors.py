@@ -57,10 +57,21 @@ class IdempotencyConflict(TunelabError):
     status, code, title = 409, "idempotency-conflict", "Idempotency-Key reused with another body"
 
 
-def problem(status: int, code: str, title: str, detail: str,
-            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"type": f"urn:tunelab:problem:{code}", "title": title, "status": status,
-            "detail": detail, **extra}
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": f"urn:tunelab:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -78,8 +89,11 @@ def _body_location(location: tuple[Any, ...], body: Any) -> tuple[str | int, ...
     kept: list[str | int] = []
     node = body
     for part in location:
-        if isinstance(node, dict) and part not in node and part in (
-                node.get("type"), node.get("name")):
+        if (
+            isinstance(node, dict)
+            and part not in node
+            and part in (node.get("type"), node.get("name"))
+        ):
             continue
         kept.append(part)
         if isinstance(node, dict) and part in node:
@@ -97,8 +111,13 @@ def _problem_entry(location: tuple[str | int, ...], message: str, code: str) -> 
 
 def validation_problem(errors: list[dict[str, str]]) -> JSONResponse:
     fields = ", ".join(error["field"] for error in errors)
-    return problem(422, "validation-error", "The request is not valid",
-                   f"{len(errors)} problem(s): {fields}", errors=errors)
+    return problem(
+        422,
+        "validation-error",
+        "The request is not valid",
+        f"{len(errors)} problem(s): {fields}",
+        errors=errors,
+    )
 
 
 def spec_problems(problems: list[Problem]) -> list[dict[str, str]]:
@@ -134,11 +153,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         title = {404: "Not found", 405: "Method not allowed"}.get(error.status_code, "Error")
-        return problem(error.status_code, title.lower().replace(" ", "-"), title,
-                       str(error.detail), getattr(error, "headers", None))
+        return problem(
+            error.status_code,
+            title.lower().replace(" ", "-"),
+            title,
+            str(error.detail),
+            getattr(error, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=error)
-        return problem(500, "internal-error", "Internal error",
-                       "The server failed to handle this request; it has been logged.")
+        return problem(
+            500,
+            "internal-error",
+            "Internal error",
+            "The server failed to handle this request; it has been logged.",
+        )

@@ -9,7 +9,7 @@ import hmac
 import secrets
 from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from api.models import ApiKey, Tenant, utcnow
 
@@ -48,8 +48,9 @@ def tenant_for_key(session: Session, key: str) -> Tenant | None:
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, Tenant]]:
-    rows = session.exec(select(ApiKey, Tenant).where(ApiKey.tenant_id == Tenant.id)
-                        .order_by(ApiKey.created_at))
+    rows = session.exec(
+        select(ApiKey, Tenant).where(ApiKey.tenant_id == Tenant.id).order_by(col(ApiKey.created_at))
+    )
     return [(key, tenant) for key, tenant in rows]
 
 

@@ -27,24 +27,38 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 def find_idempotent(session: Session, tenant_id: str, key: str, body_hash: str) -> Job | None:
-    job = session.exec(select(Job).where(Job.tenant_id == tenant_id,
-                                         Job.idempotency_key == key)).first()
+    job = session.exec(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    ).first()
     if job is not None and job.request_hash != body_hash:
-        raise IdempotencyConflict("this Idempotency-Key was used with a different body; "
-                                  "use a new key for a new job")
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used with a different body; use a new key for a new job"
+        )
     return job
 
 
-def create_job(session: Session, tenant_id: str, spec: JobSpec, analysis: Analysis,
-               idempotency_key: str | None, body_hash: str) -> tuple[Job, bool]:
+def create_job(
+    session: Session,
+    tenant_id: str,
+    spec: JobSpec,
+    analysis: Analysis,
+    idempotency_key: str | None,
+    body_hash: str,
+) -> tuple[Job, bool]:
     """Stores a queued job; returns it and whether it is new."""
     if idempotency_key is not None:
         existing = find_idempotent(session, tenant_id, idempotency_key, body_hash)
         if existing is not None:
             return existing, False
-    job = Job(tenant_id=tenant_id, name=spec.name, spec=spec.model_dump(mode="json"),
-              analysis=analysis.summary(), epochs=spec.epochs,
-              idempotency_key=idempotency_key, request_hash=body_hash)
+    job = Job(
+        tenant_id=tenant_id,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        analysis=analysis.summary(),
+        epochs=spec.epochs,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+    )
     session.add(job)
     try:
         session.commit()
@@ -92,9 +106,14 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
     result = session.execute(
         update(Job)
         .where(col(Job.id) == job_id, claimable)
-        .values(status=JobStatus.running, attempts=col(Job.attempts) + 1, worker=worker,
-                lease_token=token, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                started_at=func.coalesce(col(Job.started_at), now))
+        .values(
+            status=JobStatus.running,
+            attempts=col(Job.attempts) + 1,
+            worker=worker,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(col(Job.started_at), now),
+        )
     )
     session.commit()
     job = session.get(Job, job_id)
@@ -102,9 +121,10 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
         raise JobNotClaimable(f"no job {job_id}")
     session.refresh(job)
     if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise JobNotClaimable(f"job {job_id} is {job.status}"
-                              + (" and leased to a live attempt" if job.status == "running"
-                                 else ""))
+        raise JobNotClaimable(
+            f"job {job_id} is {job.status}"
+            + (" and leased to a live attempt" if job.status == "running" else "")
+        )
     return job
 
 
@@ -124,8 +144,13 @@ def renew_lease(job: Job, lease_seconds: float) -> None:
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
 
 
-def record_epoch(session: Session, job: Job, attempt: int, metrics: EpochMetrics,
-                 checkpoint: CheckpointRecord | None) -> None:
+def record_epoch(
+    session: Session,
+    job: Job,
+    attempt: int,
+    metrics: EpochMetrics,
+    checkpoint: CheckpointRecord | None,
+) -> None:
     """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing."""
     if session.get(EpochMetricRow, (job.id, metrics.epoch)) is None:
         session.add(EpochMetricRow(job_id=job.id, attempt=attempt, **metrics.model_dump()))
@@ -146,10 +171,18 @@ def finish_job(session: Session, job: Job, report: FinishReport) -> None:
 
 
 def latest_metrics(session: Session, job_id: str) -> EpochMetricRow | None:
-    return session.exec(select(EpochMetricRow).where(EpochMetricRow.job_id == job_id)
-                        .order_by(col(EpochMetricRow.epoch).desc())).first()
+    return session.exec(
+        select(EpochMetricRow)
+        .where(EpochMetricRow.job_id == job_id)
+        .order_by(col(EpochMetricRow.epoch).desc())
+    ).first()
 
 
 def checkpoints_of(session: Session, job_id: str) -> list[CheckpointRow]:
-    return list(session.exec(select(CheckpointRow).where(CheckpointRow.job_id == job_id)
-                             .order_by(col(CheckpointRow.epoch), col(CheckpointRow.name))))
+    return list(
+        session.exec(
+            select(CheckpointRow)
+            .where(CheckpointRow.job_id == job_id)
+            .order_by(col(CheckpointRow.epoch), col(CheckpointRow.name))
+        )
+    )

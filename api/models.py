@@ -43,8 +43,7 @@ class Tenant(SQLModel, table=True):
     __tablename__ = "tenants"
     id: str = Field(default_factory=lambda: new_id("ten"), primary_key=True, max_length=40)
     name: str = Field(unique=True, max_length=100)
-    created_at: datetime = Field(default_factory=utcnow,
-                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
 class ApiKey(SQLModel, table=True):
@@ -54,10 +53,8 @@ class ApiKey(SQLModel, table=True):
     # The visible part of the key, to find its row; the rest is only ever stored hashed.
     prefix: str = Field(unique=True, max_length=32)
     key_hash: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow,
-                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    revoked_at: datetime | None = Field(default=None,
-                                        sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
 class Job(SQLModel, table=True):
@@ -72,20 +69,15 @@ class Job(SQLModel, table=True):
     analysis: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     epochs: int
     epochs_completed: int = 0
-    created_at: datetime = Field(default_factory=utcnow,
-                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    started_at: datetime | None = Field(default=None,
-                                        sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    finished_at: datetime | None = Field(default=None,
-                                         sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     # When the broker was last told of the job; None means it still has to be.
-    dispatched_at: datetime | None = Field(default=None,
-                                           sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    dispatched_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     attempts: int = 0
     worker: str | None = Field(default=None, max_length=200)
     lease_token: str | None = Field(default=None, max_length=64)
-    lease_expires_at: datetime | None = Field(default=None,
-                                              sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     best_epoch: int | None = None
     best_test_accuracy: float | None = None
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
@@ -106,8 +98,7 @@ class EpochMetricRow(SQLModel, table=True):
     batch_size: int
     epoch_seconds: float
     images_per_second: float
-    created_at: datetime = Field(default_factory=utcnow,
-                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
 class CheckpointRow(SQLModel, table=True):
@@ -120,5 +111,4 @@ class CheckpointRow(SQLModel, table=True):
     test_accuracy: float | None = None
     sha256: str = Field(max_length=64)
     bytes: int
-    created_at: datetime = Field(default_factory=utcnow,
-                                 sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

@@ -1,12 +1,20 @@
 """Response models: what clients see, never the tables themselves."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, Field
 
 from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
 from shared.messages import EpochMetrics, JobError
+
+
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(moment: None) -> None: ...
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -43,8 +51,15 @@ class CheckpointPublic(BaseModel):
 
     @classmethod
     def from_row(cls, row: CheckpointRow) -> "CheckpointPublic":
-        return cls(name=row.name, path=row.path, epoch=row.epoch, test_accuracy=row.test_accuracy,
-                   sha256=row.sha256, bytes=row.bytes, created_at=as_utc(row.created_at))
+        return cls(
+            name=row.name,
+            path=row.path,
+            epoch=row.epoch,
+            test_accuracy=row.test_accuracy,
+            sha256=row.sha256,
+            bytes=row.bytes,
+            created_at=as_utc(row.created_at),
+        )
 
 
 def metrics_of(row: EpochMetricRow) -> EpochMetrics:
@@ -69,15 +84,22 @@ class JobPublic(BaseModel):
     error: JobError | None
 
     @classmethod
-    def build(cls, job: Job, latest: EpochMetricRow | None,
-              checkpoints: list[CheckpointRow]) -> "JobPublic":
+    def build(
+        cls, job: Job, latest: EpochMetricRow | None, checkpoints: list[CheckpointRow]
+    ) -> "JobPublic":
         best = None
         if job.best_epoch is not None and job.best_test_accuracy is not None:
             best = BestEpoch(epoch=job.best_epoch, test_accuracy=job.best_test_accuracy)
         return cls(
-            id=job.id, name=job.name, status=JobStatus(job.status), spec=job.spec,
-            created_at=as_utc(job.created_at), started_at=as_utc(job.started_at),
-            finished_at=as_utc(job.finished_at), attempts=job.attempts, worker=job.worker,
+            id=job.id,
+            name=job.name,
+            status=JobStatus(job.status),
+            spec=job.spec,
+            created_at=as_utc(job.created_at),
+            started_at=as_utc(job.started_at),
+            finished_at=as_utc(job.finished_at),
+            attempts=job.attempts,
+            worker=job.worker,
             progress=Progress(epochs_completed=job.epochs_completed, epochs=job.epochs),
             analysis=Summary(**{k: job.analysis[k] for k in Summary.model_fields}),
             latest_metrics=metrics_of(latest) if latest is not None else None,

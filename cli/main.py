@@ -37,13 +37,41 @@ def require(settings: Settings, *names: str) -> None:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def check_database(settings: Settings) -> None:
+    """One clear line, not a traceback, when the database is unreachable or not migrated."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from api.db import make_engine
+    from api.migrations import alembic_config
+
+    url = _redacted(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as error:
+        reason = str(error.orig if hasattr(error, "orig") else error).strip().splitlines()[0]
+        raise SettingsProblem(f"tunelab: cannot reach the database at {url}: {reason}") from None
+    finally:
+        engine.dispose()
+    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+    if current != head:
+        raise SettingsProblem(
+            f"tunelab: the database at {url} is not at the newest schema; run `tunelab db upgrade`"
+        )
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     settings = load_settings()
     require(settings, "worker_token")
+    check_database(settings)
     import uvicorn
 
     from api.main import create_app
@@ -66,8 +94,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     for folder in broker_folders(settings):
         Path(folder).mkdir(parents=True, exist_ok=True)
-    argv = ["worker", "--loglevel=INFO", "--pool=prefork", f"--concurrency={args.concurrency}",
-            "-Q", settings.queue, "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        "--loglevel=INFO",
+        "--pool=prefork",
+        f"--concurrency={args.concurrency}",
+        "-Q",
+        settings.queue,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if settings.worker_name:
         argv += ["-n", settings.worker_name]
     app.worker_main(argv)
@@ -146,16 +182,52 @@ def cmd_dev(args: argparse.Namespace) -> int:
     for step in (cmd_data_prepare, cmd_db_upgrade):
         if step(args) != 0:
             return 1
-    cmd_keys_create(argparse.Namespace(tenant=args.tenant))
+    from sqlmodel import Session
+
+    from api.db import make_engine
+    from api.keys import create_key
+
+    with Session(make_engine(settings.database_url)) as session:
+        _, key = create_key(session, args.tenant)
     tunelab = [sys.executable, "-m", "cli.main"]
     processes = [
         subprocess.Popen([*tunelab, "api", "--host", args.host, "--port", str(args.port)]),
         subprocess.Popen([*tunelab, "worker"]),
     ]
-    url = f"http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}"
-    print(f"\nTunelab is starting: docs at {url}/docs  (database {settings.database_url}, "
-          f"broker {settings.broker_url}). Ctrl-C stops both processes.\n", flush=True)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host}:{args.port}"
+    if _wait_for_api(url, processes):
+        print(
+            DEV_BANNER.format(url=url, key=key, tenant=args.tenant, database=settings.database_url),
+            flush=True,
+        )
     return _supervise(processes)
+
+
+DEV_BANNER = """
+Tunelab is running on the embedded default ({database}, filesystem broker).
+  docs     {url}/docs
+  API key  {key}
+           (tenant "{tenant}"; shown once, stored hashed)
+  try      export TUNELAB_KEY={key}
+           curl -s -X POST {url}/v1/jobs -H "Authorization: Bearer $TUNELAB_KEY" \\
+                -H 'Content-Type: application/json' -d '{{}}'
+Ctrl-C stops the API and the worker.
+"""
+
+
+def _wait_for_api(url: str, processes: list[subprocess.Popen[bytes]]) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    return False
 
 
 def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:
@@ -187,7 +259,7 @@ def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:
 def _make_sqlite_folder(settings: Settings) -> None:
     prefix = "sqlite:///"
     if settings.database_url.startswith(prefix) and settings.database_url != prefix + ":memory:":
-        Path(settings.database_url[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(settings.database_url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _redacted(url: str) -> str:
@@ -200,8 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
-            under: argparse._SubParsersAction = commands) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    def add(
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help_text: str,
+        under: argparse._SubParsersAction = commands,
+    ) -> argparse.ArgumentParser:  # type: ignore[type-arg]
         sub = under.add_parser(name, help=help_text)
         sub.set_defaults(handler=handler)
         return sub
@@ -210,26 +286,31 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     worker = add("worker", cmd_worker, "run a training worker")
-    worker.add_argument("--concurrency", type=int, default=1,
-                        help="training processes (one per GPU)")
+    worker.add_argument(
+        "--concurrency", type=int, default=1, help="training processes (one per GPU)"
+    )
     dev = add("dev", cmd_dev, "API and one worker on the embedded default")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--tenant", default="default", help="the tenant of the printed key")
 
     db = commands.add_parser("db", help="database migrations").add_subparsers(
-        dest="db_command", required=True)
+        dest="db_command", required=True
+    )
     add("upgrade", cmd_db_upgrade, "migrate the database to the newest schema", db)
 
     keys = commands.add_parser("keys", help="tenant API keys").add_subparsers(
-        dest="keys_command", required=True)
+        dest="keys_command", required=True
+    )
     add("create", cmd_keys_create, "create a key (and the tenant if new)", keys).add_argument(
-        "tenant")
+        "tenant"
+    )
     add("list", cmd_keys_list, "list keys by prefix", keys)
     add("revoke", cmd_keys_revoke, "revoke a key by its prefix", keys).add_argument("prefix")
 
     data = commands.add_parser("data", help="training data").add_subparsers(
-        dest="data_command", required=True)
+        dest="data_command", required=True
+    )
     add("prepare", cmd_data_prepare, "download and check MNIST", data)
     return parser
 

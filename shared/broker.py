@@ -21,8 +21,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         # A failed publish is retried briefly; the job is already stored, and a sweep sends
         # it again later, so the client is not kept waiting on a broker that is down.
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
-                                      "interval_step": 0.2, "interval_max": 0.5},
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         "broker_connection_timeout": 2.0,
         "worker_hijack_root_logger": False,
     }
@@ -43,5 +47,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def broker_folders(settings: Settings) -> list[str]:
     options = celery_config(settings).get("broker_transport_options", {})
-    return [options[k] for k in ("data_folder_in", "control_folder", "processed_folder")
-            if k in options]
+    return [
+        options[k] for k in ("data_folder_in", "control_folder", "processed_folder") if k in options
+    ]

@@ -14,8 +14,10 @@ SIDE = 28
 
 
 def _patterns(rng: random.Random) -> list[bytes]:
-    return [bytes(rng.choice((0, 255)) if rng.random() < 0.3 else 0 for _ in range(SIDE * SIDE))
-            for _ in range(10)]
+    return [
+        bytes(rng.choice((0, 255)) if rng.random() < 0.3 else 0 for _ in range(SIDE * SIDE))
+        for _ in range(10)
+    ]
 
 
 def _split(count: int, patterns: list[bytes], rng: random.Random) -> tuple[bytes, bytes]:
@@ -29,14 +31,17 @@ def _split(count: int, patterns: list[bytes], rng: random.Random) -> tuple[bytes
     return bytes(images), labels
 
 
-def write_synthetic_mnist(data_dir: Path, train: int = 2000, test: int = 500,
-                          seed: int = 0) -> Path:
+def write_synthetic_mnist(
+    data_dir: Path, train: int = 2000, test: int = 500, seed: int = 0
+) -> Path:
     rng = random.Random(seed)
     patterns = _patterns(rng)
     folder = raw_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    for images_name, labels_name, count in ((TRAIN_IMAGES, TRAIN_LABELS, train),
-                                             (TEST_IMAGES, TEST_LABELS, test)):
+    for images_name, labels_name, count in (
+        (TRAIN_IMAGES, TRAIN_LABELS, train),
+        (TEST_IMAGES, TEST_LABELS, test),
+    ):
         images, labels = _split(count, patterns, rng)
         write_idx(folder / images_name, [count, SIDE, SIDE], images)
         write_idx(folder / labels_name, [count], labels)

@@ -32,10 +32,19 @@ class ApiUnreachable(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token: str, retry_seconds: float = 300.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10.0, transport=transport,
-                                 headers={"Authorization": f"Bearer {token}"})
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        retry_seconds: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.Client(
+            base_url=base_url,
+            timeout=10.0,
+            transport=transport,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         self.retry_seconds = retry_seconds
         # Posts go out one at a time, so the API sees epochs in order.
         self.lock = threading.Lock()
@@ -44,14 +53,18 @@ class ApiClient:
         self.http.close()
 
     def post(self, path: str, body: BaseModel, retry_seconds: float | None = None) -> Any:
-        deadline = time.monotonic() + (self.retry_seconds if retry_seconds is None
-                                       else retry_seconds)
+        deadline = time.monotonic() + (
+            self.retry_seconds if retry_seconds is None else retry_seconds
+        )
         delay = 0.2
         with self.lock:
             while True:
                 try:
-                    response = self.http.post(path, content=body.model_dump_json(),
-                                              headers={"Content-Type": "application/json"})
+                    response = self.http.post(
+                        path,
+                        content=body.model_dump_json(),
+                        headers={"Content-Type": "application/json"},
+                    )
                     if response.status_code < 500:
                         if response.is_error:
                             raise ApiRefused(response.status_code, _body_of(response))
@@ -69,8 +82,9 @@ class ApiClient:
         answer = self.post(f"/internal/v1/jobs/{job_id}/claim", ClaimRequest(worker=worker))
         return Claim.model_validate(answer)
 
-    def attempt_post(self, job_id: str, route: str, body: BaseModel,
-                     retry_seconds: float | None = None) -> AttemptAnswer:
+    def attempt_post(
+        self, job_id: str, route: str, body: BaseModel, retry_seconds: float | None = None
+    ) -> AttemptAnswer:
         answer = self.post(f"/internal/v1/jobs/{job_id}/{route}", body, retry_seconds)
         return AttemptAnswer.model_validate(answer)
 

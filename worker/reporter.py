@@ -48,14 +48,22 @@ class AttemptReporter:
     def token(self) -> str:
         return self.claim.lease_token
 
-    def _post(self, route: str, body: Heartbeat | EpochReport | FinishReport,
-              retry_seconds: float | None = None) -> None:
+    def _post(
+        self,
+        route: str,
+        body: Heartbeat | EpochReport | FinishReport,
+        retry_seconds: float | None = None,
+    ) -> None:
         try:
             answer = self.client.attempt_post(self.job_id, route, body, retry_seconds)
         except ApiRefused as refused:
             if refused.status == 409:
-                log.warning("job %s attempt %d lost its lease: %s", self.job_id,
-                            self.claim.attempt, refused.body)
+                log.warning(
+                    "job %s attempt %d lost its lease: %s",
+                    self.job_id,
+                    self.claim.attempt,
+                    refused.body,
+                )
                 self.lost.set()
                 return
             raise
@@ -65,8 +73,11 @@ class AttemptReporter:
     def _beat(self) -> None:
         while not self._stop_heartbeat.wait(self._heartbeat_seconds):
             try:
-                self._post("heartbeat", Heartbeat(attempt=self.attempt, lease_token=self.token),
-                           retry_seconds=self._heartbeat_seconds)
+                self._post(
+                    "heartbeat",
+                    Heartbeat(attempt=self.attempt, lease_token=self.token),
+                    retry_seconds=self._heartbeat_seconds,
+                )
             except (ApiUnreachable, ApiRefused) as error:
                 # A missed beat is not fatal; the next one, or an epoch post, renews the lease.
                 log.warning("heartbeat for job %s failed: %s", self.job_id, error)
@@ -75,11 +86,17 @@ class AttemptReporter:
         return self.cancelled.is_set() or self.lost.is_set()
 
     def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
-        self._post("epochs", EpochReport(attempt=self.attempt, lease_token=self.token,
-                                         metrics=metrics, checkpoint=checkpoint))
+        self._post(
+            "epochs",
+            EpochReport(
+                attempt=self.attempt, lease_token=self.token, metrics=metrics, checkpoint=checkpoint
+            ),
+        )
 
     def finish(self, status: FinishStatus, error: JobError | None = None) -> None:
         if self.lost.is_set():
             return  # another attempt holds the job now: this one has nothing to say
-        self._post("finish", FinishReport(attempt=self.attempt, lease_token=self.token,
-                                          status=status, error=error))
+        self._post(
+            "finish",
+            FinishReport(attempt=self.attempt, lease_token=self.token, status=status, error=error),
+        )

@@ -2,8 +2,8 @@
 
 import logging
 import os
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -26,5 +26,3 @@ def mnist_on_device(data_dir: str) -> MnistTensors:
     """MNIST loaded once per worker process, onto the training device."""
     ensure_mnist(Path(data_dir))
     return load_mnist(Path(data_dir), pick_device())
-
-

@@ -4,13 +4,13 @@ import logging
 import os
 import socket
 
+from shared.broker import TRAIN_TASK
+from shared.messages import JobError
+from shared.settings import get_settings
 from worker.api_client import ApiClient, ApiRefused
 from worker.celery_app import app
 from worker.reporter import AttemptReporter
 from worker.runtime import mnist_on_device
-from shared.broker import TRAIN_TASK
-from shared.messages import JobError
-from shared.settings import get_settings
 from worker.training.loop import Checkpointing, TrainingStopped, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,15 @@ def describe_failure(error: BaseException) -> JobError:
     """Words a user can act on, never a traceback."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if isinstance(error, MemoryError) or "out of memory" in text.lower():
-        return JobError(type="out_of_memory",
-                        message=f"training ran out of memory ({text}); lower batch_size or "
-                                "the model's channels")
+        return JobError(
+            type="out_of_memory",
+            message=f"training ran out of memory ({text}); lower batch_size or "
+            "the model's channels",
+        )
     if isinstance(error, FloatingPointError) or "nan" in text.lower():
-        return JobError(type="diverged",
-                        message=f"training diverged ({text}); lower the learning rate")
+        return JobError(
+            type="diverged", message=f"training diverged ({text}); lower the learning rate"
+        )
     return JobError(type=type(error).__name__, message=text[:500])
 
 
@@ -48,11 +51,20 @@ def train_job(job_id: str) -> None:
         with AttemptReporter(client, claim, settings.heartbeat_seconds) as reporter:
             try:
                 data = mnist_on_device(str(settings.data_dir))
-                train(claim.spec, data, reporter,
-                      Checkpointing(settings.artifact_dir, job_id), pick_device())
+                train(
+                    claim.spec,
+                    data,
+                    reporter,
+                    Checkpointing(settings.artifact_dir, job_id),
+                    pick_device(),
+                )
             except TrainingStopped:
-                log.info("job %s: attempt %d stopped (%s)", job_id, claim.attempt,
-                         "cancelled" if reporter.cancelled.is_set() else "lease lost")
+                log.info(
+                    "job %s: attempt %d stopped (%s)",
+                    job_id,
+                    claim.attempt,
+                    "cancelled" if reporter.cancelled.is_set() else "lease lost",
+                )
                 if reporter.cancelled.is_set():
                     reporter.finish("cancelled")
                 return

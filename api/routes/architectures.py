@@ -25,15 +25,17 @@ class PresetList(BaseModel):
 
 
 @router.post("/architectures/analyze")
-def analyze_architecture(model: ModelSpec, settings: SettingsDep,
-                         _tenant: TenantDep) -> dict[str, Any]:
+def analyze_architecture(
+    model: ModelSpec, settings: SettingsDep, _tenant: TenantDep
+) -> dict[str, Any]:
     """Per-layer output shape, receptive field, parameters and multiply-adds, without training."""
     try:
         return check_model(model.layers or [], settings).to_dict()
     except SpecRejected as rejected:
         # The body here is the model itself, so paths start at its `layers`.
-        raise SpecRejected([Problem(p.location[1:], p.message, p.code)
-                            for p in rejected.problems]) from rejected
+        raise SpecRejected(
+            [Problem(p.location[1:], p.message, p.code) for p in rejected.problems]
+        ) from rejected
 
 
 @router.get("/presets", response_model=PresetList)
@@ -42,8 +44,12 @@ def list_presets(settings: SettingsDep, _tenant: TenantDep) -> PresetList:
     items = []
     for preset in PRESETS.values():
         model = ModelSpec(preset=preset.name)
-        items.append(PresetPublic(
-            name=preset.name, description=preset.description,
-            model=model.model_dump(mode="json"),
-            analysis=check_model(model.layers or [], settings).to_dict()))
+        items.append(
+            PresetPublic(
+                name=preset.name,
+                description=preset.description,
+                model=model.model_dump(mode="json"),
+                analysis=check_model(model.layers or [], settings).to_dict(),
+            )
+        )
     return PresetList(items=items)

@@ -30,8 +30,9 @@ def readyz(session: SessionDep, dispatcher: DispatcherDep) -> Health | JSONRespo
         checks["broker"] = "ok"
     except Exception as error:  # noqa: BLE001
         checks["broker"] = f"unavailable: {type(error).__name__}"
-    health = Health(status="ok" if all(v == "ok" for v in checks.values()) else "unavailable",
-                    checks=checks)
+    health = Health(
+        status="ok" if all(v == "ok" for v in checks.values()) else "unavailable", checks=checks
+    )
     if health.status != "ok":
         return JSONResponse(health.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
     return health

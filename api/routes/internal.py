@@ -33,21 +33,26 @@ CARRY_ON = AttemptAnswer(cancelled=False)
 
 
 @router.post("/{job_id}/claim", response_model=Claim)
-def claim(job_id: str, request: ClaimRequest, session: SessionDep,
-          settings: SettingsDep) -> Claim:
+def claim(job_id: str, request: ClaimRequest, session: SessionDep, settings: SettingsDep) -> Claim:
     """Start a new attempt of a queued job (or of one whose lease expired)."""
     job = claim_job(session, job_id, request.worker, settings.lease_seconds)
     return Claim(
-        job_id=job.id, attempt=job.attempts, lease_token=job.lease_token or "",
-        lease_seconds=settings.lease_seconds, spec=JobSpec.model_validate(job.spec),
-        checkpoints=[CheckpointRecord.model_validate(row, from_attributes=True)
-                     for row in checkpoints_of(session, job.id)],
+        job_id=job.id,
+        attempt=job.attempts,
+        lease_token=job.lease_token or "",
+        lease_seconds=settings.lease_seconds,
+        spec=JobSpec.model_validate(job.spec),
+        checkpoints=[
+            CheckpointRecord.model_validate(row, from_attributes=True)
+            for row in checkpoints_of(session, job.id)
+        ],
     )
 
 
 @router.post("/{job_id}/epochs", response_model=AttemptAnswer)
-def post_epoch(job_id: str, report: EpochReport, session: SessionDep,
-               settings: SettingsDep) -> AttemptAnswer:
+def post_epoch(
+    job_id: str, report: EpochReport, session: SessionDep, settings: SettingsDep
+) -> AttemptAnswer:
     """Record an epoch's metrics and checkpoint; renews the lease."""
     job = holding_attempt(session, job_id, report)
     if job is None:
@@ -59,8 +64,9 @@ def post_epoch(job_id: str, report: EpochReport, session: SessionDep,
 
 
 @router.post("/{job_id}/heartbeat", response_model=AttemptAnswer)
-def heartbeat(job_id: str, beat: Heartbeat, session: SessionDep,
-              settings: SettingsDep) -> AttemptAnswer:
+def heartbeat(
+    job_id: str, beat: Heartbeat, session: SessionDep, settings: SettingsDep
+) -> AttemptAnswer:
     """Keep the lease alive through a long epoch."""
     job = holding_attempt(session, job_id, beat)
     if job is None:

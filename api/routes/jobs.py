@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
@@ -21,7 +23,14 @@ from api.ledger import (
     request_hash,
 )
 from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
-from api.schemas import CheckpointList, CheckpointPublic, JobList, JobPublic, MetricsPage, metrics_of
+from api.schemas import (
+    CheckpointList,
+    CheckpointPublic,
+    JobList,
+    JobPublic,
+    MetricsPage,
+    metrics_of,
+)
 from shared.checks import check_spec
 from shared.spec import JobSpec
 
@@ -34,8 +43,12 @@ def public(session: Session, job: Job) -> JobPublic:
     return JobPublic.build(job, latest_metrics(session, job.id), checkpoints_of(session, job.id))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-             responses={200: {"model": JobPublic, "description": "Idempotent replay"}})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "Idempotent replay"}},
+)
 def submit_job(
     spec: JobSpec,
     response: Response,
@@ -94,36 +107,53 @@ def _metrics_after(session: Session, job_id: str, since_epoch: int | None) -> li
 def get_metrics(
     job: JobDep,
     session: SessionDep,
-    since_epoch: Annotated[int | None, Query(ge=-1, description="Only rows after this epoch")]
-    = None,
+    since_epoch: Annotated[
+        int | None, Query(ge=-1, description="Only rows after this epoch")
+    ] = None,
 ) -> MetricsPage:
     """The job's per-epoch metrics rows, oldest first; `since_epoch=N` returns epochs after N."""
     rows = _metrics_after(session, job.id, since_epoch)
-    return MetricsPage(job_id=job.id, status=JobStatus(job.status),
-                       items=[metrics_of(row) for row in rows])
+    return MetricsPage(
+        job_id=job.id, status=JobStatus(job.status), items=[metrics_of(row) for row in rows]
+    )
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+def _events_since(engine: Engine, job_id: str, last_epoch: int) -> tuple[list[str], int, bool]:
+    """The SSE frames for epochs after `last_epoch`, the newest epoch, and whether it ended."""
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        frames = []
+        for row in _metrics_after(session, job_id, last_epoch):
+            last_epoch = row.epoch
+            frames.append(f"event: metrics\ndata: {metrics_of(row).model_dump_json()}\n\n")
+        ended = job is None or JobStatus(job.status).finished
+        if ended:
+            state = job.status if job else "unknown"
+            frames.append(f"event: status\ndata: {json.dumps({'status': state})}\n\n")
+    return frames, last_epoch, ended
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def stream_events(job: JobDep, request: Request) -> StreamingResponse:
-    """Server-Sent Events: a `metrics` event per epoch, then one `status` event when the job ends."""
+    """Server-Sent Events: a `metrics` event per epoch, then a `status` event at the end."""
     engine = request.app.state.engine
     job_id = job.id
 
     async def events() -> AsyncIterator[str]:
-        last_epoch = -1
-        while not await request.is_disconnected():
-            with Session(engine) as session:
-                current = session.get(Job, job_id)
-                rows = _metrics_after(session, job_id, last_epoch)
-                for row in rows:
-                    last_epoch = row.epoch
-                    yield f"event: metrics\ndata: {metrics_of(row).model_dump_json()}\n\n"
-                if current is None or JobStatus(current.status).finished:
-                    state = current.status if current else "unknown"
-                    yield f"event: status\ndata: {json.dumps({'status': state})}\n\n"
-                    return
-            await asyncio.sleep(EVENT_POLL_SECONDS)
+        last_epoch, ended = -1, False
+        while not ended and not await request.is_disconnected():
+            # The database calls are blocking: keep them off the event loop.
+            frames, last_epoch, ended = await run_in_threadpool(
+                _events_since, engine, job_id, last_epoch
+            )
+            for frame in frames:
+                yield frame
+            if not ended:
+                await asyncio.sleep(EVENT_POLL_SECONDS)
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -137,14 +167,19 @@ def cancel(job: JobDep, session: SessionDep) -> JobPublic:
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
 def list_checkpoints(job: JobDep, session: SessionDep) -> CheckpointList:
     """The job's checkpoints, with their SHA-256 and size."""
-    return CheckpointList(items=[CheckpointPublic.from_row(row)
-                                 for row in checkpoints_of(session, job.id)])
+    return CheckpointList(
+        items=[CheckpointPublic.from_row(row) for row in checkpoints_of(session, job.id)]
+    )
 
 
-@router.get("/{job_id}/checkpoints/{name}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
-def download_checkpoint(name: str, job: JobDep, session: SessionDep,
-                        settings: SettingsDep) -> FileResponse:
+@router.get(
+    "/{job_id}/checkpoints/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_checkpoint(
+    name: str, job: JobDep, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
     """Download one checkpoint file by its recorded name."""
     row = session.get(CheckpointRow, (job.id, name))
     missing = CheckpointNotFound(f"job {job.id} has no checkpoint {name!r}")
@@ -155,5 +190,9 @@ def download_checkpoint(name: str, job: JobDep, session: SessionDep,
     # Only files inside the artifact root are ever served, whatever a row says.
     if not path.is_relative_to(root) or not path.is_file():
         raise missing
-    return FileResponse(Path(path), media_type="application/octet-stream", filename=row.name,
-                        headers={"X-Checkpoint-SHA256": row.sha256})
+    return FileResponse(
+        Path(path),
+        media_type="application/octet-stream",
+        filename=row.name,
+        headers={"X-Checkpoint-SHA256": row.sha256},
+    )

@@ -15,7 +15,9 @@ import redis
 from tests.integration.stack import Stack
 from tests.mnist_fixtures import write_synthetic_mnist
 
-POSTGRES_ADMIN = os.environ.get("TUNELAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN = os.environ.get(
+    "TUNELAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("TUNELAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -72,8 +74,9 @@ def _started(stack: Stack) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def production_stack(tmp_path: Path, postgres_url: str,
-                     redis_queue: tuple[str, str]) -> Iterator[Stack]:
+def production_stack(
+    tmp_path: Path, postgres_url: str, redis_queue: tuple[str, str]
+) -> Iterator[Stack]:
     """PostgreSQL, Redis, uvicorn and a Celery worker process."""
     broker_url, queue = redis_queue
     yield from _started(Stack(tmp_path, postgres_url, broker_url, queue))
@@ -82,8 +85,9 @@ def production_stack(tmp_path: Path, postgres_url: str,
 @pytest.fixture
 def embedded_stack(tmp_path: Path) -> Iterator[Stack]:
     """The embedded default: SQLite and the filesystem broker, no servers at all."""
-    yield from _started(Stack(tmp_path, f"sqlite:///{tmp_path}/tunelab.db", "filesystem://",
-                              "training"))
+    yield from _started(
+        Stack(tmp_path, f"sqlite:///{tmp_path}/tunelab.db", "filesystem://", "training")
+    )
 
 
 @pytest.fixture(params=["production", "embedded"])

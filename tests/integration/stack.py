@@ -73,37 +73,49 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith("TUNELAB_")}
-        env.update({
-            "TUNELAB_DATABASE_URL": self.database_url,
-            "TUNELAB_BROKER_URL": self.broker_url,
-            "TUNELAB_BROKER_FOLDER": str(self.workdir / "broker"),
-            "TUNELAB_QUEUE": self.queue,
-            "TUNELAB_DATA_DIR": str(self.workdir / "data"),
-            "TUNELAB_ARTIFACT_DIR": str(self.workdir / "artifacts"),
-            "TUNELAB_API_URL": self.api_url,
-            "TUNELAB_WORKER_TOKEN": "integration-worker-token",
-            "TUNELAB_HEARTBEAT_SECONDS": "1",
-            "PYTHONUNBUFFERED": "1",
-            **self.extra_env,
-        })
+        env = {key: value for key, value in os.environ.items() if not key.startswith("TUNELAB_")}
+        env.update(
+            {
+                "TUNELAB_DATABASE_URL": self.database_url,
+                "TUNELAB_BROKER_URL": self.broker_url,
+                "TUNELAB_BROKER_FOLDER": str(self.workdir / "broker"),
+                "TUNELAB_QUEUE": self.queue,
+                "TUNELAB_DATA_DIR": str(self.workdir / "data"),
+                "TUNELAB_ARTIFACT_DIR": str(self.workdir / "artifacts"),
+                "TUNELAB_API_URL": self.api_url,
+                "TUNELAB_WORKER_TOKEN": "integration-worker-token",
+                "TUNELAB_HEARTBEAT_SECONDS": "1",
+                "PYTHONUNBUFFERED": "1",
+                **self.extra_env,
+            }
+        )
         return env
 
     def tunelab(self, *args: str, timeout: float = 120) -> str:
         """Runs one `tunelab` command to completion and returns its output."""
-        result = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT,
-                                env=self.env(), capture_output=True, text=True, timeout=timeout,
-                                check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=REPO_ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         assert result.returncode == 0, f"tunelab {' '.join(args)}: {result.stderr[-2000:]}"
         return result.stdout
 
     def start(self, name: str, *args: str) -> Process:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as log:
-            popen = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT,
-                                     env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", *args],
+                cwd=REPO_ROOT,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         process = Process(name, popen, log_path)
         self.processes.append(process)
         return process

@@ -9,14 +9,19 @@ from tests.integration.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
-SMALL_JOB = {"name": "two-epochs", "epochs": 2, "seed": 3,
-             "data": {"train_subset": 2000, "test_subset": 500}}
+SMALL_JOB = {
+    "name": "two-epochs",
+    "epochs": 2,
+    "seed": 3,
+    "data": {"train_subset": 2000, "test_subset": 500},
+}
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
 def api(stack: Stack, key: str) -> httpx.Client:
-    return httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"},
-                        timeout=10)
+    return httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
 
 
 def poll_until_finished(client: httpx.Client, job_id: str, timeout: float = 180) -> dict:
@@ -57,8 +62,11 @@ class TestJobFlow:
         with api(stack, stack.create_key()) as client:
             long_job = {**SMALL_JOB, "name": "long", "epochs": 60}
             job_id = client.post("/v1/jobs", json=long_job).json()["id"]
-            wait_until(lambda: client.get(f"/v1/jobs/{job_id}/metrics").json()["items"], 120,
-                       "the long job's first epoch")
+            wait_until(
+                lambda: client.get(f"/v1/jobs/{job_id}/metrics").json()["items"],
+                120,
+                "the long job's first epoch",
+            )
 
             cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
             assert cancelled.status_code == 200

@@ -2,6 +2,7 @@
 commands must parse with the real CLI and every TUNELAB_* name must be a real setting."""
 
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -100,7 +101,7 @@ class TestCompose:
         assert not unknown, f"unknown variables: {sorted(unknown)}"
 
     def test_service_environment_is_valid_settings(self, services, monkeypatch):
-        for key in [k for k in __import__("os").environ if k.startswith("TUNELAB_")]:
+        for key in [k for k in os.environ if k.startswith("TUNELAB_")]:
             monkeypatch.delenv(key)
         env = _environment(services["api"])
         prefix = len("TUNELAB_")
@@ -136,7 +137,7 @@ class TestCompose:
     def test_waits_only_on_services_with_healthchecks(self, services):
         for service in services.values():
             depends = service.get("depends_on") or {}
-            for name, rule in (depends.items() if isinstance(depends, dict) else []):
+            for name, rule in depends.items() if isinstance(depends, dict) else []:
                 assert name in services
                 if rule.get("condition") == "service_healthy":
                     assert "healthcheck" in services[name], f"{name} has no healthcheck"

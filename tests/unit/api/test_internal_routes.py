@@ -18,7 +18,10 @@ class TestClaim:
         assert claim["spec"] == job["spec"]
         fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
         assert (fetched["status"], fetched["worker"], fetched["attempts"]) == (
-            "running", "gpu-node-3", 1)
+            "running",
+            "gpu-node-3",
+            1,
+        )
         assert fetched["started_at"] is not None
 
     def test_a_duplicate_delivery_cannot_claim_a_leased_job(self, client, auth, worker_auth):

@@ -35,8 +35,13 @@ class TestSubmitJob:
 
     def test_defaults_are_filled_in(self, client, auth):
         job = submit(client, auth, {"optimizer": {"name": "adam"}})
-        assert job["spec"]["optimizer"] == {"name": "adam", "lr": 0.001, "betas": [0.9, 0.999],
-                                            "eps": 1e-8, "weight_decay": 0.0}
+        assert job["spec"]["optimizer"] == {
+            "name": "adam",
+            "lr": 0.001,
+            "betas": [0.9, 0.999],
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+        }
 
     def test_unknown_field_is_named(self, client, auth):
         assert error_fields(client.post("/v1/jobs", json={"epoch": 3}, headers=auth)) == ["epoch"]
@@ -57,8 +62,14 @@ class TestSubmitJob:
         assert error_fields(client.post("/v1/jobs", json=body, headers=auth)) == ["model.layers"]
 
     def test_model_that_shrinks_below_one_pixel_names_the_layer(self, client, auth):
-        body = {"model": {"layers": [{"type": "conv", "out_channels": 8, "kernel_size": 27},
-                                     {"type": "maxpool", "kernel_size": 4}]}}
+        body = {
+            "model": {
+                "layers": [
+                    {"type": "conv", "out_channels": 8, "kernel_size": 27},
+                    {"type": "maxpool", "kernel_size": 4},
+                ]
+            }
+        }
         fields = error_fields(client.post("/v1/jobs", json=body, headers=auth))
         assert "model.layers[1]" in fields
 
@@ -69,8 +80,9 @@ class TestSubmitJob:
         assert str(settings.max_epochs) in response.json()["errors"][0]["message"]
 
     def test_invalid_json_is_a_422_not_a_500(self, client, auth):
-        response = client.post("/v1/jobs", content=b"{not json",
-                               headers={**auth, "Content-Type": "application/json"})
+        response = client.post(
+            "/v1/jobs", content=b"{not json", headers={**auth, "Content-Type": "application/json"}
+        )
         assert error_fields(response) == ["(body)"]
 
     def test_without_a_key_is_401(self, client):
@@ -110,11 +122,13 @@ class TestListJobs:
         ids = [submit(client, auth)["id"] for _ in range(5)]
         first = client.get("/v1/jobs", params={"limit": 2}, headers=auth).json()
         assert [job["id"] for job in first["items"]] == ids[::-1][:2]
-        second = client.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]},
-                            headers=auth).json()
+        second = client.get(
+            "/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]}, headers=auth
+        ).json()
         assert [job["id"] for job in second["items"]] == ids[::-1][2:4]
-        last = client.get("/v1/jobs", params={"limit": 2, "cursor": second["next_cursor"]},
-                          headers=auth).json()
+        last = client.get(
+            "/v1/jobs", params={"limit": 2, "cursor": second["next_cursor"]}, headers=auth
+        ).json()
         assert [job["id"] for job in last["items"]] == ids[:1]
         assert last["next_cursor"] is None
 
@@ -127,7 +141,8 @@ class TestListJobs:
 
     def test_unknown_status_is_422(self, client, auth):
         assert error_fields(client.get("/v1/jobs", params={"status": "done"}, headers=auth)) == [
-            "query.status"]
+            "query.status"
+        ]
 
     def test_only_the_tenants_own_jobs(self, client, keys: TenantKeys):
         mine, theirs = keys.headers("acme"), keys.headers("globex")
@@ -161,8 +176,9 @@ class TestMetrics:
             worker.post_epoch(job["id"], attempt, epoch, test_accuracy=0.5 + epoch / 10)
         rows = client.get(f"/v1/jobs/{job['id']}/metrics", headers=auth).json()["items"]
         assert [row["epoch"] for row in rows] == [0, 1]
-        later = client.get(f"/v1/jobs/{job['id']}/metrics", params={"since_epoch": 0},
-                           headers=auth).json()["items"]
+        later = client.get(
+            f"/v1/jobs/{job['id']}/metrics", params={"since_epoch": 0}, headers=auth
+        ).json()["items"]
         assert [row["epoch"] for row in later] == [1]
         fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
         assert fetched["latest_metrics"]["epoch"] == 1
@@ -226,8 +242,7 @@ class TestCheckpoints:
         path.write_bytes(payload)
         import hashlib
 
-        record = checkpoint_record(job["id"], 0, hashlib.sha256(payload).hexdigest(),
-                                   len(payload))
+        record = checkpoint_record(job["id"], 0, hashlib.sha256(payload).hexdigest(), len(payload))
         worker = WorkerCalls(client, worker_auth)
         worker.post_epoch(job["id"], worker.attempt(job["id"]), 0, checkpoint=record)
         return {**job, "payload": payload, "record": record}
@@ -236,7 +251,8 @@ class TestCheckpoints:
         job = job_with_checkpoint
         items = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()["items"]
         assert [(i["name"], i["sha256"], i["bytes"]) for i in items] == [
-            (job["record"]["name"], job["record"]["sha256"], job["record"]["bytes"])]
+            (job["record"]["name"], job["record"]["sha256"], job["record"]["bytes"])
+        ]
 
     def test_downloads_a_checkpoint(self, client, auth, job_with_checkpoint):
         job = job_with_checkpoint
@@ -253,22 +269,32 @@ class TestCheckpoints:
 
     def test_another_tenant_cannot_download(self, client, keys: TenantKeys, job_with_checkpoint):
         job = job_with_checkpoint
-        response = client.get(f"/v1/jobs/{job['id']}/checkpoints/epoch-000.pt",
-                              headers=keys.headers("globex"))
+        response = client.get(
+            f"/v1/jobs/{job['id']}/checkpoints/epoch-000.pt", headers=keys.headers("globex")
+        )
         assert response.status_code == 404
 
 
 class TestAnalyze:
     def test_reports_each_layer(self, client, auth):
-        model = {"layers": [{"type": "conv", "out_channels": 4, "kernel_size": 3},
-                            {"type": "gap"}, {"type": "linear", "out_features": 10}]}
+        model = {
+            "layers": [
+                {"type": "conv", "out_channels": 4, "kernel_size": 3},
+                {"type": "gap"},
+                {"type": "linear", "out_features": 10},
+            ]
+        }
         analysis = client.post("/v1/architectures/analyze", json=model, headers=auth).json()
         assert [layer["output_shape"] for layer in analysis["layers"]] == [[4, 26, 26], [4], [10]]
         assert analysis["parameters"] == 4 * 9 + 4 + 4 * 10 + 10
 
     def test_shrinking_below_one_pixel_names_the_layer(self, client, auth):
-        model = {"layers": [{"type": "conv", "out_channels": 4, "kernel_size": 28},
-                            {"type": "conv", "out_channels": 4, "kernel_size": 3}]}
+        model = {
+            "layers": [
+                {"type": "conv", "out_channels": 4, "kernel_size": 28},
+                {"type": "conv", "out_channels": 4, "kernel_size": 3},
+            ]
+        }
         response = client.post("/v1/architectures/analyze", json=model, headers=auth)
         assert error_fields(response) == ["layers[1]"]
 

@@ -7,16 +7,32 @@ from fastapi.testclient import TestClient
 
 
 def epoch_metrics(epoch: int, test_accuracy: float = 0.9, **overrides: Any) -> dict[str, Any]:
-    return {"epoch": epoch, "train_loss": 0.5, "train_accuracy": 0.8, "test_loss": 0.4,
-            "test_accuracy": test_accuracy, "lr": 0.05, "batch_size": 128,
-            "epoch_seconds": 1.5, "images_per_second": 1000.0, **overrides}
+    return {
+        "epoch": epoch,
+        "train_loss": 0.5,
+        "train_accuracy": 0.8,
+        "test_loss": 0.4,
+        "test_accuracy": test_accuracy,
+        "lr": 0.05,
+        "batch_size": 128,
+        "epoch_seconds": 1.5,
+        "images_per_second": 1000.0,
+        **overrides,
+    }
 
 
-def checkpoint_record(job_id: str, epoch: int, sha256: str = "0" * 64,
-                      size: int = 10) -> dict[str, Any]:
+def checkpoint_record(
+    job_id: str, epoch: int, sha256: str = "0" * 64, size: int = 10
+) -> dict[str, Any]:
     name = f"epoch-{epoch:03d}.pt"
-    return {"name": name, "path": f"{job_id}/{name}", "epoch": epoch, "test_accuracy": 0.9,
-            "sha256": sha256, "bytes": size}
+    return {
+        "name": name,
+        "path": f"{job_id}/{name}",
+        "epoch": epoch,
+        "test_accuracy": 0.9,
+        "sha256": sha256,
+        "bytes": size,
+    }
 
 
 @dataclass
@@ -25,8 +41,9 @@ class WorkerCalls:
     headers: dict[str, str]
 
     def claim(self, job_id: str, worker: str = "node-1") -> Any:
-        return self.client.post(f"/internal/v1/jobs/{job_id}/claim", json={"worker": worker},
-                                headers=self.headers)
+        return self.client.post(
+            f"/internal/v1/jobs/{job_id}/claim", json={"worker": worker}, headers=self.headers
+        )
 
     def attempt(self, job_id: str, worker: str = "node-1") -> dict[str, Any]:
         response = self.claim(job_id, worker)
@@ -34,18 +51,33 @@ class WorkerCalls:
         claim = response.json()
         return {"attempt": claim["attempt"], "lease_token": claim["lease_token"]}
 
-    def post_epoch(self, job_id: str, attempt: dict[str, Any], epoch: int,
-                   checkpoint: dict[str, Any] | None = None, **metrics: Any) -> Any:
+    def post_epoch(
+        self,
+        job_id: str,
+        attempt: dict[str, Any],
+        epoch: int,
+        checkpoint: dict[str, Any] | None = None,
+        **metrics: Any,
+    ) -> Any:
         body = {**attempt, "metrics": epoch_metrics(epoch, **metrics), "checkpoint": checkpoint}
-        return self.client.post(f"/internal/v1/jobs/{job_id}/epochs", json=body,
-                                headers=self.headers)
+        return self.client.post(
+            f"/internal/v1/jobs/{job_id}/epochs", json=body, headers=self.headers
+        )
 
     def heartbeat(self, job_id: str, attempt: dict[str, Any]) -> Any:
-        return self.client.post(f"/internal/v1/jobs/{job_id}/heartbeat", json=attempt,
-                                headers=self.headers)
+        return self.client.post(
+            f"/internal/v1/jobs/{job_id}/heartbeat", json=attempt, headers=self.headers
+        )
 
-    def finish(self, job_id: str, attempt: dict[str, Any], status: str = "succeeded",
-               error: dict[str, str] | None = None) -> Any:
-        return self.client.post(f"/internal/v1/jobs/{job_id}/finish",
-                                json={**attempt, "status": status, "error": error},
-                                headers=self.headers)
+    def finish(
+        self,
+        job_id: str,
+        attempt: dict[str, Any],
+        status: str = "succeeded",
+        error: dict[str, str] | None = None,
+    ) -> Any:
+        return self.client.post(
+            f"/internal/v1/jobs/{job_id}/finish",
+            json={**attempt, "status": status, "error": error},
+            headers=self.headers,
+        )

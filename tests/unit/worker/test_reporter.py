@@ -1,0 +1,142 @@
+import json
+import threading
+
+import httpx
+import pytest
+
+from shared.messages import Claim, EpochMetrics, JobError
+from shared.spec import JobSpec
+from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
+from worker.reporter import AttemptReporter
+from worker.tasks import describe_failure
+
+
+def metrics(epoch: int) -> EpochMetrics:
+    return EpochMetrics(
+        epoch=epoch,
+        train_loss=0.1,
+        train_accuracy=0.9,
+        test_loss=0.1,
+        test_accuracy=0.9,
+        lr=0.05,
+        batch_size=128,
+        epoch_seconds=1.0,
+        images_per_second=100.0,
+    )
+
+
+def claim() -> Claim:
+    return Claim(job_id="job_1", attempt=2, lease_token="t" * 32, lease_seconds=60, spec=JobSpec())
+
+
+class FakeApi:
+    """Answers the internal routes from a script of responses and records every request."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = (
+            self.answers.pop(0) if self.answers else httpx.Response(200, json={"cancelled": False})
+        )
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def client(self, retry_seconds: float = 5.0) -> ApiClient:
+        return ApiClient(
+            "http://api",
+            "worker-token",
+            retry_seconds=retry_seconds,
+            transport=httpx.MockTransport(self),
+        )
+
+    def bodies(self) -> list[dict]:
+        return [json.loads(request.content) for request in self.requests]
+
+
+class TestApiClient:
+    def test_sends_the_worker_token(self):
+        api = FakeApi()
+        api.client().post("/x", claim())
+        assert api.requests[0].headers["authorization"] == "Bearer worker-token"
+
+    def test_retries_through_an_outage_and_server_errors(self):
+        api = FakeApi(
+            httpx.ConnectError("down"),
+            httpx.Response(503),
+            httpx.Response(200, json={"cancelled": False}),
+        )
+        assert api.client().post("/x", claim()) == {"cancelled": False}
+        assert len(api.requests) == 3
+
+    def test_gives_up_at_the_deadline(self):
+        api = FakeApi(*[httpx.ConnectError("down")] * 50)
+        with pytest.raises(ApiUnreachable):
+            api.client(retry_seconds=0.5).post("/x", claim())
+
+    def test_a_client_error_is_not_retried(self):
+        api = FakeApi(httpx.Response(409, json={"detail": "stale"}))
+        with pytest.raises(ApiRefused) as refused:
+            api.client().post("/x", claim())
+        assert refused.value.status == 409
+        assert len(api.requests) == 1
+
+
+class TestAttemptReporter:
+    def test_posts_each_epoch_with_its_attempt_and_token(self):
+        api = FakeApi()
+        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
+        reporter.epoch_finished(metrics(0), None)
+        reporter.epoch_finished(metrics(1), None)
+        assert [r.url.path for r in api.requests] == ["/internal/v1/jobs/job_1/epochs"] * 2
+        bodies = api.bodies()
+        assert [b["metrics"]["epoch"] for b in bodies] == [0, 1]
+        assert {(b["attempt"], b["lease_token"]) for b in bodies} == {(2, "t" * 32)}
+        assert not reporter.should_stop()
+
+    def test_a_cancel_in_the_answer_stops_training(self):
+        api = FakeApi(httpx.Response(200, json={"cancelled": True}))
+        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
+        reporter.epoch_finished(metrics(0), None)
+        assert reporter.should_stop()
+        assert reporter.cancelled.is_set()
+
+    def test_a_lost_lease_stops_training_and_silences_the_finish(self):
+        api = FakeApi(httpx.Response(409, json={"detail": "stale"}))
+        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
+        reporter.epoch_finished(metrics(0), None)
+        assert reporter.lost.is_set() and reporter.should_stop()
+        reporter.finish("succeeded")
+        assert len(api.requests) == 1
+
+    def test_the_heartbeat_hears_a_cancel_between_epochs(self):
+        cancelled = threading.Event()
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            cancelled.set()
+            return httpx.Response(200, json={"cancelled": True})
+
+        client = ApiClient("http://api", "t", transport=httpx.MockTransport(answer))
+        with AttemptReporter(client, claim(), heartbeat_seconds=0.05) as reporter:
+            assert cancelled.wait(5)
+            assert reporter.cancelled.wait(5)
+
+    def test_finish_reports_the_error(self):
+        api = FakeApi()
+        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
+        reporter.finish("failed", JobError(type="diverged", message="lower the lr"))
+        assert api.bodies()[0]["error"] == {"type": "diverged", "message": "lower the lr"}
+
+
+class TestDescribeFailure:
+    def test_out_of_memory_says_what_to_change(self):
+        error = describe_failure(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+        assert error.type == "out_of_memory"
+        assert "batch_size" in error.message
+
+    def test_other_errors_keep_their_first_line_only(self):
+        error = describe_failure(ValueError("bad thing\nTraceback (most recent call last):"))
+        assert (error.type, error.message) == ("ValueError", "bad thing")
