@@ -1,9 +1,9 @@
 """Alembic environment: migrates the API's SQLModel tables on PostgreSQL or SQLite."""
 
-from alembic import context
 from sqlmodel import SQLModel
 
 import api.models  # noqa: F401 - registers the tables on SQLModel.metadata
+from alembic import context
 from api.db import make_engine
 from shared.settings import get_settings
 
@@ -16,8 +16,13 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=target_metadata,
-                      literal_binds=True, compare_type=True, render_as_batch=True)
+    context.configure(
+        url=database_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -26,8 +31,12 @@ def run_migrations_online() -> None:
     engine = make_engine(database_url())
     with engine.connect() as connection:
         # Batch mode lets ALTERs run on SQLite, which cannot alter most things in place.
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          compare_type=True, render_as_batch=True)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            compare_type=True,
+            render_as_batch=True,
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
