@@ -1,9 +1,9 @@
 """Alembic environment: migrates the API's SQLModel tables on PostgreSQL or SQLite."""
 
+from alembic import context
 from sqlmodel import SQLModel
 
 import api.models  # noqa: F401 - registers the tables on SQLModel.metadata
-from alembic import context
 from api.db import make_engine
 from shared.settings import get_settings
 

@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from alembic.config import Config
-
 from alembic import command
+from alembic.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,8 +29,11 @@ def read_idx(raw: bytes) -> tuple[list[int], memoryview]:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE:
         raise IdxFormatError("not an unsigned-byte IDX file")
     dims = raw[3]
-    shape = list(struct.unpack_from(f">{dims}I", raw, 4))
     offset = 4 + 4 * dims
+    if len(raw) < offset:
+        # A file cut off inside its shape is a format error, not a struct.error.
+        raise IdxFormatError(f"header of {len(raw)} bytes, {dims} dimensions need {offset}")
+    shape = list(struct.unpack_from(f">{dims}I", raw, 4))
     payload = memoryview(raw)[offset:]
     expected = 1
     for size in shape:
