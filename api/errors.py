@@ -53,6 +53,10 @@ class StaleAttempt(TunelabError):
     status, code, title = 409, "stale-attempt", "This attempt no longer holds the job"
 
 
+class CheckpointRefused(TunelabError):
+    status, code, title = 422, "checkpoint-refused", "Checkpoint path refused"
+
+
 class IdempotencyConflict(TunelabError):
     status, code, title = 409, "idempotency-conflict", "Idempotency-Key reused with another body"
 

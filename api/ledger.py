@@ -15,7 +15,13 @@ from sqlalchemy import and_, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from api.errors import IdempotencyConflict, JobNotCancellable, JobNotClaimable, StaleAttempt
+from api.errors import (
+    CheckpointRefused,
+    IdempotencyConflict,
+    JobNotCancellable,
+    JobNotClaimable,
+    StaleAttempt,
+)
 from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus, utcnow
 from shared.analysis import Analysis
 from shared.messages import AttemptPost, CheckpointRecord, EpochMetrics, FinishReport
@@ -152,6 +158,9 @@ def record_epoch(
     checkpoint: CheckpointRecord | None,
 ) -> None:
     """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing."""
+    if checkpoint is not None and checkpoint.path != f"{job.id}/{checkpoint.name}":
+        # Checkpoints live at {job_id}/{name} under the artifact root, and nowhere else.
+        raise CheckpointRefused(f"checkpoint path must be {job.id}/{checkpoint.name}")
     if session.get(EpochMetricRow, (job.id, metrics.epoch)) is None:
         session.add(EpochMetricRow(job_id=job.id, attempt=attempt, **metrics.model_dump()))
     if checkpoint is not None and session.get(CheckpointRow, (job.id, checkpoint.name)) is None:

@@ -25,7 +25,8 @@ class EpochMetrics(Message):
 
 
 class CheckpointRecord(Message):
-    name: str = Field(min_length=1, max_length=200)
+    # A plain file name: no folders, no leading dot, nothing a path could be built from.
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # Relative to the artifact dir: "{job_id}/{name}".
     path: str = Field(min_length=1, max_length=500)
     epoch: int = Field(ge=0)

@@ -98,3 +98,23 @@ class TestFinish:
         attempt = worker.attempt(job["id"])
         worker.finish(job["id"], attempt)
         assert worker.post_epoch(job["id"], attempt, 0).status_code == 409
+
+
+class TestCheckpointPaths:
+    def test_a_path_outside_the_jobs_folder_is_refused(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        for path in ("../../etc/passwd", "/etc/passwd", "job_other/epoch-000.pt"):
+            record = {**checkpoint_record(job["id"], 0), "path": path}
+            response = worker.post_epoch(job["id"], attempt, 0, checkpoint=record)
+            assert response.status_code == 422, path
+        for name in ("../x.pt", ".hidden", "a/b.pt", "a\\b.pt"):
+            record = {
+                **checkpoint_record(job["id"], 0),
+                "name": name,
+                "path": f"{job['id']}/{name}",
+            }
+            assert worker.post_epoch(job["id"], attempt, 0, checkpoint=record).status_code == 422
+        listed = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()["items"]
+        assert listed == []
