@@ -234,7 +234,9 @@ def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:
     def stop(*_args: object) -> None:
         raise KeyboardInterrupt
 
+    # Set explicitly: a shell starting us in the background hands us SIGINT ignored.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     code = 0
     try:
         while all(process.poll() is None for process in processes):
