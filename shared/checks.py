@@ -26,22 +26,38 @@ def _schedule_problems(spec: JobSpec) -> list[Problem]:
     problems = []
     steps = spec.batch_size_schedule or []
     if steps and steps[0].epoch != 0:
-        problems.append(Problem(("batch_size_schedule", 0, "epoch"), "must be 0: the first "
-                                "entry sets the batch size from the first epoch on"))
+        problems.append(
+            Problem(
+                ("batch_size_schedule", 0, "epoch"),
+                "must be 0: the first entry sets the batch size from the first epoch on",
+            )
+        )
     for index, (before, after) in enumerate(zip(steps, steps[1:], strict=False), start=1):
         if after.epoch <= before.epoch:
-            problems.append(Problem(("batch_size_schedule", index, "epoch"),
-                                    f"must be above {before.epoch}: epochs strictly increase"))
+            problems.append(
+                Problem(
+                    ("batch_size_schedule", index, "epoch"),
+                    f"must be above {before.epoch}: epochs strictly increase",
+                )
+            )
     if steps and steps[-1].epoch >= spec.epochs:
-        problems.append(Problem(("batch_size_schedule", len(steps) - 1, "epoch"),
-                                f"must be below epochs ({spec.epochs}); epochs count from 0"))
+        problems.append(
+            Problem(
+                ("batch_size_schedule", len(steps) - 1, "epoch"),
+                f"must be below epochs ({spec.epochs}); epochs count from 0",
+            )
+        )
     schedule = spec.schedule
     if isinstance(schedule, MultiStepSchedule) and schedule.milestones[-1] >= spec.epochs:
-        problems.append(Problem(("schedule", "milestones"),
-                                f"every milestone must be below epochs ({spec.epochs})"))
+        problems.append(
+            Problem(
+                ("schedule", "milestones"), f"every milestone must be below epochs ({spec.epochs})"
+            )
+        )
     if schedule.warmup_epochs and schedule.warmup_epochs >= spec.epochs:
-        problems.append(Problem(("schedule", "warmup_epochs"),
-                                f"must be below epochs ({spec.epochs})"))
+        problems.append(
+            Problem(("schedule", "warmup_epochs"), f"must be below epochs ({spec.epochs})")
+        )
     return problems
 
 
@@ -49,38 +65,66 @@ def _limit_problems(spec: JobSpec, settings: Settings) -> list[Problem]:
     problems = []
     if spec.epochs > settings.max_epochs:
         problems.append(Problem(("epochs",), f"at most {settings.max_epochs}", "limit"))
-    batch_sizes = [("batch_size",), *[("batch_size_schedule", i, "batch_size")
-                                      for i in range(len(spec.batch_size_schedule or []))]]
+    batch_sizes = [
+        ("batch_size",),
+        *[
+            ("batch_size_schedule", i, "batch_size")
+            for i in range(len(spec.batch_size_schedule or []))
+        ],
+    ]
     values = [spec.batch_size, *[s.batch_size for s in spec.batch_size_schedule or []]]
     for location, value in zip(batch_sizes, values, strict=True):
         if value > settings.max_batch_size:
             problems.append(Problem(location, f"at most {settings.max_batch_size}", "limit"))
     layers = spec.model.layers or []
     if len(layers) > settings.max_layers:
-        problems.append(Problem(("model", "layers"), f"at most {settings.max_layers} layers",
-                                "limit"))
+        problems.append(
+            Problem(("model", "layers"), f"at most {settings.max_layers} layers", "limit")
+        )
     for index, layer in enumerate(layers):
-        width = layer.out_channels if isinstance(layer, ConvLayer) else (
-            layer.out_features if isinstance(layer, LinearLayer) else 0)
+        width = (
+            layer.out_channels
+            if isinstance(layer, ConvLayer)
+            else (layer.out_features if isinstance(layer, LinearLayer) else 0)
+        )
         if width > settings.max_channels:
             field = "out_channels" if isinstance(layer, ConvLayer) else "out_features"
-            problems.append(Problem(("model", "layers", index, field),
-                                    f"at most {settings.max_channels}", "limit"))
+            problems.append(
+                Problem(
+                    ("model", "layers", index, field), f"at most {settings.max_channels}", "limit"
+                )
+            )
     return problems
 
 
 def _architecture_problems(analysis: Analysis, settings: Settings) -> list[Problem]:
     problems = []
     if analysis.output_shape != [MNIST_CLASSES]:
-        problems.append(Problem(("model", "layers"), f"the network must end in {MNIST_CLASSES} "
-                                f"outputs, not {analysis.output_shape}: finish with gap or "
-                                "flatten and a linear layer of 10, or a 10-channel conv and gap"))
+        problems.append(
+            Problem(
+                ("model", "layers"),
+                f"the network must end in {MNIST_CLASSES} "
+                f"outputs, not {analysis.output_shape}: finish with gap or "
+                "flatten and a linear layer of 10, or a 10-channel conv and gap",
+            )
+        )
     if analysis.parameters > settings.max_parameters:
-        problems.append(Problem(("model",), f"{analysis.parameters} parameters; at most "
-                                f"{settings.max_parameters}", "limit"))
+        problems.append(
+            Problem(
+                ("model",),
+                f"{analysis.parameters} parameters; at most {settings.max_parameters}",
+                "limit",
+            )
+        )
     if analysis.multiply_adds > settings.max_multiply_adds:
-        problems.append(Problem(("model",), f"{analysis.multiply_adds} multiply-adds per image; "
-                                f"at most {settings.max_multiply_adds}", "limit"))
+        problems.append(
+            Problem(
+                ("model",),
+                f"{analysis.multiply_adds} multiply-adds per image; "
+                f"at most {settings.max_multiply_adds}",
+                "limit",
+            )
+        )
     return problems
 
 

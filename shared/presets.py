@@ -24,8 +24,13 @@ class Preset:
 
 
 def _conv(out_channels: int, kernel_size: int = 3, **extra: object) -> dict[str, object]:
-    return {"type": "conv", "out_channels": out_channels, "kernel_size": kernel_size,
-            "batch_norm": True, **extra}
+    return {
+        "type": "conv",
+        "out_channels": out_channels,
+        "kernel_size": kernel_size,
+        "batch_norm": True,
+        **extra,
+    }
 
 
 PRESETS: dict[str, Preset] = {

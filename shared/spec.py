@@ -141,7 +141,9 @@ class SGDSpec(StrictModel):
 class AdamSpec(StrictModel):
     name: Literal["adam"]
     lr: LearningRate = 0.001
-    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (
+    betas: tuple[
+        Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]
+    ] = (
         0.9,
         0.999,
     )

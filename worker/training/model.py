@@ -36,8 +36,14 @@ def _activation(name: Activation) -> list[nn.Module]:
 def _block(layer: Layer, in_shape: list[int], model_dropout: float) -> list[nn.Module]:
     if isinstance(layer, ConvLayer):
         modules: list[nn.Module] = [
-            nn.Conv2d(in_shape[0], layer.out_channels, layer.kernel_size, layer.stride,
-                      layer.padding, bias=not layer.batch_norm)
+            nn.Conv2d(
+                in_shape[0],
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                bias=not layer.batch_norm,
+            )
         ]
         if layer.batch_norm:
             modules.append(nn.BatchNorm2d(layer.out_channels))
@@ -71,6 +77,8 @@ def build_model(layers: list[Layer], model_dropout: float = 0.0) -> nn.Sequentia
     analysis = analyze(layers)
     in_shapes = [[1, 28, 28]] + [row.output_shape for row in analysis.layers[:-1]]
     return nn.Sequential(
-        *(nn.Sequential(*_block(layer, in_shape, model_dropout))
-          for layer, in_shape in zip(layers, in_shapes, strict=True))
+        *(
+            nn.Sequential(*_block(layer, in_shape, model_dropout))
+            for layer, in_shape in zip(layers, in_shapes, strict=True)
+        )
     )

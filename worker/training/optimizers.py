@@ -1,6 +1,6 @@
 """torch optimizers from the spec's `optimizer` object."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.optim import SGD, Adam, AdamW, Optimizer, RMSprop
@@ -10,17 +10,30 @@ from shared.spec import AdamSpec, AdamWSpec, RMSpropSpec, SGDSpec
 OptimizerSpec = SGDSpec | AdamSpec | AdamWSpec | RMSpropSpec
 Params = Iterable[torch.nn.Parameter]
 
-BUILDERS: dict[str, Callable[[Params, OptimizerSpec], Optimizer]] = {
-    "sgd": lambda params, s: SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
-                                 weight_decay=s.weight_decay),
-    "adam": lambda params, s: Adam(params, lr=s.lr, betas=s.betas, eps=s.eps,
-                                   weight_decay=s.weight_decay),
-    "adamw": lambda params, s: AdamW(params, lr=s.lr, betas=s.betas, eps=s.eps,
-                                     weight_decay=s.weight_decay),
-    "rmsprop": lambda params, s: RMSprop(params, lr=s.lr, alpha=s.alpha, eps=s.eps,
-                                         momentum=s.momentum, weight_decay=s.weight_decay),
-}
-
 
 def build_optimizer(params: Params, spec: OptimizerSpec) -> Optimizer:
-    return BUILDERS[spec.name](params, spec)
+    # AdamW first: its spec is a subclass of Adam's.
+    if isinstance(spec, AdamWSpec):
+        return AdamW(
+            params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+        )
+    if isinstance(spec, AdamSpec):
+        return Adam(
+            params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+        )
+    if isinstance(spec, RMSpropSpec):
+        return RMSprop(
+            params,
+            lr=spec.lr,
+            alpha=spec.alpha,
+            eps=spec.eps,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+        )
+    return SGD(
+        params,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        nesterov=spec.nesterov,
+        weight_decay=spec.weight_decay,
+    )

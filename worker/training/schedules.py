@@ -36,9 +36,14 @@ class LearningRateController:
         warmup_epochs = self.schedule.warmup_epochs
         self.warmup_steps = sum(self.steps_per_epoch[:warmup_epochs])
         self.warmup = (
-            lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0,
-                                  total_iters=max(self.warmup_steps, 1))
-            if warmup_epochs else None
+            lr_scheduler.LinearLR(
+                optimizer,
+                start_factor=WARMUP_START_FACTOR,
+                end_factor=1.0,
+                total_iters=max(self.warmup_steps, 1),
+            )
+            if warmup_epochs
+            else None
         )
         self.steps_taken = 0
         self.scheduler: Any = None
@@ -59,29 +64,47 @@ class LearningRateController:
         if schedule.name == "exponential":
             return lr_scheduler.ExponentialLR(optimizer, schedule.gamma)
         if schedule.name == "cosine":
-            return lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs_left,
-                                                  eta_min=schedule.eta_min)
+            return lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=epochs_left, eta_min=schedule.eta_min
+            )
         if schedule.name == "plateau":
             return lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=schedule.factor, patience=schedule.patience,
-                threshold=schedule.threshold, min_lr=schedule.min_lr)
+                optimizer,
+                factor=schedule.factor,
+                patience=schedule.patience,
+                threshold=schedule.threshold,
+                min_lr=schedule.min_lr,
+            )
         if isinstance(schedule, CyclicSchedule):
             step_size_up = schedule.step_size_up or max(
-                1, round(schedule.cycle_epochs * self.steps_per_epoch[warmup_epochs] / 2)
-                if schedule.cycle_epochs else 1)
+                1,
+                round(schedule.cycle_epochs * self.steps_per_epoch[warmup_epochs] / 2)
+                if schedule.cycle_epochs
+                else 1,
+            )
             return lr_scheduler.CyclicLR(
-                optimizer, base_lr=schedule.base_lr, max_lr=schedule.max_lr,
-                step_size_up=step_size_up, mode=schedule.mode, gamma=schedule.gamma,
+                optimizer,
+                base_lr=schedule.base_lr,
+                max_lr=schedule.max_lr,
+                step_size_up=step_size_up,
+                mode=schedule.mode,
+                gamma=schedule.gamma,
                 cycle_momentum="momentum" in optimizer.defaults
-                and optimizer.defaults["momentum"] > 0)
+                and optimizer.defaults["momentum"] > 0,
+            )
         if isinstance(schedule, OneCycleSchedule):
             return lr_scheduler.OneCycleLR(
-                optimizer, max_lr=schedule.max_lr or self.spec.optimizer.lr,
-                total_steps=max(steps_left, 1), pct_start=schedule.pct_start,
-                anneal_strategy=schedule.anneal_strategy, div_factor=schedule.div_factor,
-                final_div_factor=schedule.final_div_factor, three_phase=schedule.three_phase,
+                optimizer,
+                max_lr=schedule.max_lr or self.spec.optimizer.lr,
+                total_steps=max(steps_left, 1),
+                pct_start=schedule.pct_start,
+                anneal_strategy=schedule.anneal_strategy,
+                div_factor=schedule.div_factor,
+                final_div_factor=schedule.final_div_factor,
+                three_phase=schedule.three_phase,
                 cycle_momentum="momentum" in optimizer.defaults
-                and optimizer.defaults["momentum"] > 0)
+                and optimizer.defaults["momentum"] > 0,
+            )
         raise ValueError(f"no scheduler for {schedule.name!r}")
 
     @property
@@ -126,4 +149,3 @@ class LearningRateController:
             self.scheduler = self._build_main(self.schedule.warmup_epochs)
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-

@@ -9,6 +9,7 @@ from shared.spec import JobSpec
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 from worker.reporter import AttemptReporter
 from worker.tasks import describe_failure
+from worker.training.loop import TrainingDiverged
 
 
 def metrics(epoch: int) -> EpochMetrics:
@@ -136,6 +137,11 @@ class TestDescribeFailure:
         error = describe_failure(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
         assert error.type == "out_of_memory"
         assert "batch_size" in error.message
+
+    def test_divergence_says_to_lower_the_learning_rate(self):
+        error = describe_failure(TrainingDiverged("the training loss became nan in epoch 3"))
+        assert error.type == "diverged"
+        assert "lower the learning rate" in error.message
 
     def test_other_errors_keep_their_first_line_only(self):
         error = describe_failure(ValueError("bad thing\nTraceback (most recent call last):"))
