@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from math import prod
 from typing import Any
 
+from shared.advice import Advice, LayerFacts, advise
 from shared.spec import (
     AvgPoolLayer,
     ConvLayer,
@@ -44,13 +45,6 @@ class LayerAnalysis:
 
 
 @dataclass
-class Advice:
-    layer: int | None
-    code: str
-    message: str
-
-
-@dataclass
 class Analysis:
     parameters: int
     multiply_adds: int
@@ -78,8 +72,10 @@ def analyze(layers: list[Layer], input_shape: tuple[int, ...] = MNIST_INPUT_SHAP
     shape: tuple[int, ...] = input_shape
     receptive_field, jump = 1, 1
     rows: list[LayerAnalysis] = []
+    facts: list[LayerFacts] = []
 
     for index, layer in enumerate(layers):
+        input_shape, receptive_field_in = shape, receptive_field
         parameters = multiply_adds = 0
         spatial = len(shape) == 3
         if isinstance(layer, ConvLayer | MaxPoolLayer | AvgPoolLayer):
@@ -126,6 +122,7 @@ def analyze(layers: list[Layer], input_shape: tuple[int, ...] = MNIST_INPUT_SHAP
             shape = (layer.out_features,)
         elif isinstance(layer, DropoutLayer):
             pass
+        facts.append(LayerFacts(input_shape, receptive_field_in, receptive_field))
         rows.append(
             LayerAnalysis(
                 index=index,
@@ -144,4 +141,5 @@ def analyze(layers: list[Layer], input_shape: tuple[int, ...] = MNIST_INPUT_SHAP
         receptive_field=receptive_field,
         output_shape=list(shape),
         layers=rows,
+        advice=advise(layers, facts),
     )

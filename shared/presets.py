@@ -39,8 +39,9 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="baseline",
             description=(
-                "The default: six batch-normed convolutions, one max-pool once the receptive "
-                "field is 5x5, a 1x1 that narrows the channels after it, global average pooling."
+                "The default: batch-normed 3x3 convolutions, one max-pool once the receptive "
+                "field is 5x5, a 1x1 that narrows the channels after it, a last 3x3 convolution "
+                "to 10 channels, and global average pooling."
             ),
             raw_layers=(
                 _conv(8),
@@ -50,8 +51,9 @@ PRESETS: dict[str, Preset] = {
                 _conv(16),
                 _conv(16),
                 _conv(16),
+                # The class scores: no batch norm and no activation before the softmax.
+                {"type": "conv", "out_channels": 10, "kernel_size": 3, "activation": "none"},
                 {"type": "gap"},
-                {"type": "linear", "out_features": 10},
             ),
         ),
     ]

@@ -228,6 +228,9 @@ class CyclicSchedule(ScheduleBase):
             self.cycle_epochs = 2.0
         return self
 
+    # Cycle SGD's momentum inversely to the lr (torch's policy); off keeps `momentum` as given.
+    cycle_momentum: bool = False
+
 
 class OneCycleSchedule(ScheduleBase):
     name: Literal["onecycle"]
@@ -238,6 +241,8 @@ class OneCycleSchedule(ScheduleBase):
     div_factor: float = Field(default=25.0, ge=1.0)
     final_div_factor: float = Field(default=1e4, ge=1.0)
     three_phase: bool = False
+    # Cycle SGD's momentum inversely to the lr (torch's policy); off keeps `momentum` as given.
+    cycle_momentum: bool = False
 
 
 class PlateauSchedule(ScheduleBase):

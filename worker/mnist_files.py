@@ -162,6 +162,9 @@ def prepare_mnist(
             fetch(target)
         except Exception as error:  # noqa: BLE001 - any failure moves on to the next source
             failures.append(f"{label}: {error}".splitlines()[0])
+            # A source that failed part-way may have left files that look complete.
+            for name in mismatched_files(target, expected):
+                (target / name).unlink(missing_ok=True)
             continue
         bad = mismatched_files(target, expected)
         if not bad:

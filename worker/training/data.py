@@ -7,6 +7,7 @@ import torch
 
 from shared.idx import read_idx
 from worker.mnist_files import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_dir
+from worker.training.augment import BatchAugmenter
 
 # The training set's statistics, as every MNIST example uses them.
 MNIST_MEAN = 0.1307
@@ -54,16 +55,19 @@ def load_mnist(data_dir: Path, device: torch.device | None = None) -> MnistTenso
 
 
 class InputTransform:
-    """uint8 images to the float batch the model sees: scaled, maybe standardised."""
+    """uint8 images to the float batch the model sees: scaled, maybe augmented, maybe
+    standardised."""
 
-    def __init__(self, normalize: bool) -> None:
-        # One fused multiply-add per pixel: (x / 255 - mean) / std.
-        if normalize:
-            self.scale = 1.0 / (255.0 * MNIST_STD)
-            self.shift = MNIST_MEAN / MNIST_STD
-        else:
-            self.scale, self.shift = 1.0 / 255.0, 0.0
+    def __init__(self, normalize: bool, augmenter: BatchAugmenter | None = None) -> None:
+        self.mean, self.std = (MNIST_MEAN, MNIST_STD) if normalize else (0.0, 1.0)
+        # Without augmentation, one fused multiply-add per pixel: (x / 255 - mean) / std.
+        self.scale = 1.0 / (255.0 * self.std)
+        self.shift = self.mean / self.std
+        self.augmenter = augmenter if augmenter is not None and augmenter.active else None
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         batch = images.unsqueeze(1).to(torch.float32)
+        if train and self.augmenter is not None:
+            augmented = self.augmenter(batch.mul_(1.0 / 255.0))
+            return augmented.sub_(self.mean).div_(self.std)
         return batch.mul_(self.scale).sub_(self.shift)

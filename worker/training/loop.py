@@ -20,6 +20,7 @@ from torch import nn
 
 from shared.messages import CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
+from worker.training.augment import BatchAugmenter
 from worker.training.data import InputTransform, MnistTensors, Split
 from worker.training.model import build_model
 from worker.training.optimizers import build_optimizer
@@ -119,7 +120,7 @@ def train(
 
     train_split = data.train.first(spec.data.train_subset)
     test_split = data.test.first(spec.data.test_subset)
-    transform = InputTransform(spec.data.normalize)
+    transform = InputTransform(spec.data.normalize, BatchAugmenter(spec.data.augment))
     model = build_model(spec.model.layers or [], spec.model.dropout).to(device)
     optimizer = build_optimizer(model.parameters(), spec.optimizer)
     lr_control = LearningRateController(optimizer, spec, len(train_split))
@@ -139,7 +140,7 @@ def train(
             if reporter.should_stop():
                 raise TrainingStopped
             batch = order[index * batch_size : (index + 1) * batch_size]
-            images = transform(train_split.images[batch])
+            images = transform(train_split.images[batch], train=True)
             labels = train_split.labels[batch]
             with _autocast(device):
                 logits = model(images)

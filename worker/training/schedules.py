@@ -89,8 +89,7 @@ class LearningRateController:
                 step_size_up=step_size_up,
                 mode=schedule.mode,
                 gamma=schedule.gamma,
-                cycle_momentum="momentum" in optimizer.defaults
-                and optimizer.defaults["momentum"] > 0,
+                cycle_momentum=self._cycles_momentum(schedule.cycle_momentum),
             )
         if isinstance(schedule, OneCycleSchedule):
             return lr_scheduler.OneCycleLR(
@@ -102,10 +101,14 @@ class LearningRateController:
                 div_factor=schedule.div_factor,
                 final_div_factor=schedule.final_div_factor,
                 three_phase=schedule.three_phase,
-                cycle_momentum="momentum" in optimizer.defaults
-                and optimizer.defaults["momentum"] > 0,
+                cycle_momentum=self._cycles_momentum(schedule.cycle_momentum),
             )
         raise ValueError(f"no scheduler for {schedule.name!r}")
+
+    def _cycles_momentum(self, asked: bool) -> bool:
+        # Off unless asked for: torch would otherwise replace the spec's momentum with its own
+        # cycle (0.85 to 0.95). Adam-style optimizers have no momentum of that kind to cycle.
+        return asked and float(self.optimizer.defaults.get("momentum", 0.0)) > 0
 
     @property
     def lr(self) -> float:

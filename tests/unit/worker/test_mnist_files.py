@@ -191,6 +191,18 @@ class TestPrepareMnist:
         for path in folder.iterdir():
             assert path.read_bytes() == files.files()[path.name]
 
+    def test_a_source_that_fails_part_way_leaves_no_bad_file(self, tmp_path: Path):
+        files = MnistLike()
+
+        def cut_off(target: Path) -> None:
+            files.write_into(target, corrupt=(TRAIN_IMAGES,))
+            raise ConnectionError("connection reset")
+
+        with pytest.raises(DataPreparationError, match="connection reset"):
+            prepare_mnist(tmp_path, [FakeSource("mirror", cut_off).source], files.md5s())
+        remaining = {path.name for path in raw_dir(tmp_path).iterdir()}
+        assert TRAIN_IMAGES not in remaining
+
     def test_a_mismatch_moves_on_to_the_next_source(self, tmp_path: Path):
         files = MnistLike()
         corrupting = FakeSource("mirror", writing(files, corrupt=(TRAIN_LABELS,)))
