@@ -38,5 +38,9 @@ test-integration: install
 test: lint
 	$(BIN)/pytest
 
+bench-train: install
+	$(BIN)/tunelab data prepare
+	$(BIN)/python -m bench.train_speed
+
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
