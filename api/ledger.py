@@ -176,6 +176,7 @@ def finish_job(session: Session, job: Job, report: FinishReport) -> None:
     job.finished_at = utcnow()
     job.lease_expires_at = None
     job.error = report.error.model_dump() if report.error else None
+    job.result = report.result.model_dump() if report.result else None
     session.add(job)
 
 

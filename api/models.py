@@ -81,6 +81,8 @@ class Job(SQLModel, table=True):
     best_epoch: int | None = None
     best_test_accuracy: float | None = None
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # What a job produces beyond metrics and checkpoints, e.g. an LR range test's curve.
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
 

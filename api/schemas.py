@@ -6,7 +6,7 @@ from typing import Any, overload
 from pydantic import BaseModel, Field
 
 from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
-from shared.messages import EpochMetrics, JobError
+from shared.messages import EpochMetrics, JobError, JobResult
 
 
 @overload
@@ -82,6 +82,9 @@ class JobPublic(BaseModel):
     best: BestEpoch | None
     checkpoints: list[CheckpointPublic]
     error: JobError | None
+    result: JobResult | None = Field(
+        description="What the job produced beyond metrics, e.g. an LR range test's curve"
+    )
 
     @classmethod
     def build(
@@ -106,6 +109,7 @@ class JobPublic(BaseModel):
             best=best,
             checkpoints=[CheckpointPublic.from_row(row) for row in checkpoints],
             error=JobError.model_validate(job.error) if job.error else None,
+            result=JobResult.model_validate(job.result) if job.result else None,
         )
 
 

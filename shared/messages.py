@@ -70,9 +70,29 @@ class JobError(Message):
 FinishStatus = Literal["succeeded", "failed", "cancelled"]
 
 
+class LrRangePoint(Message):
+    lr: float
+    loss: float
+    smoothed_loss: float
+
+
+class LrRangeResult(Message):
+    points: list[LrRangePoint]
+    # Where the smoothed loss falls fastest: a good peak lr for one-cycle, or a constant lr.
+    suggested_lr: float | None
+    # The lr of the lowest smoothed loss; a tenth of it is another common choice.
+    min_loss_lr: float | None
+    diverged_at_lr: float | None
+
+
+class JobResult(Message):
+    lr_range_test: LrRangeResult | None = None
+
+
 class FinishReport(AttemptPost):
     status: FinishStatus
     error: JobError | None = None
+    result: JobResult | None = None
 
 
 class AttemptAnswer(Message):

@@ -15,12 +15,58 @@ class Preset:
     name: str
     description: str
     raw_layers: tuple[dict[str, object], ...]
+    # The rest of a job spec that trains this model well (merged under `model`).
+    recipe: tuple[tuple[str, object], ...] = ()
+
+    def job(self) -> dict[str, object]:
+        """A complete job body: the recipe with this preset as its model."""
+        body = dict(self.recipe)
+        model = dict(body.pop("model", {}))  # type: ignore[call-overload]
+        return {**body, "model": {**model, "preset": self.name}}
 
     @cached_property
     def layers(self) -> "list[Layer]":
         from shared.spec import Layer
 
         return TypeAdapter(list[Layer]).validate_python(list(self.raw_layers))
+
+
+def _scores(kernel_size: int = 3) -> dict[str, object]:
+    # The class scores: no batch norm and no activation before the softmax.
+    return {"type": "conv", "out_channels": 10, "kernel_size": kernel_size, "activation": "none"}
+
+
+# Fifteen epochs of one-cycle SGD with small random rotations: the recipe of the compact
+# presets, measured in docs/presets.md.
+COMPACT_RECIPE: tuple[tuple[str, object], ...] = (
+    ("epochs", 15),
+    ("batch_size", 128),
+    ("seed", 1),
+    ("optimizer", {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
+    ("schedule", {"name": "onecycle", "max_lr": 0.1, "pct_start": 0.25}),
+    ("data", {"normalize": True, "augment": {"rotation_degrees": 7.0}}),
+)
+
+
+def _compact(name: str, description: str, widths: tuple[int, ...]) -> Preset:
+    """conv, conv, pool at RF 5, 1x1, three convs, scores, gap: the notes' classic shape."""
+    first, second, squeeze, third, fourth, fifth = widths
+    return Preset(
+        name=name,
+        description=description,
+        raw_layers=(
+            _conv(first),
+            _conv(second),
+            {"type": "maxpool", "kernel_size": 2},
+            _conv(squeeze, kernel_size=1),
+            _conv(third),
+            _conv(fourth),
+            _conv(fifth),
+            _scores(),
+            {"type": "gap"},
+        ),
+        recipe=COMPACT_RECIPE,
+    )
 
 
 def _conv(out_channels: int, kernel_size: int = 3, **extra: object) -> dict[str, object]:
@@ -51,10 +97,24 @@ PRESETS: dict[str, Preset] = {
                 _conv(16),
                 _conv(16),
                 _conv(16),
-                # The class scores: no batch norm and no activation before the softmax.
-                {"type": "conv", "out_channels": 10, "kernel_size": 3, "activation": "none"},
+                _scores(),
                 {"type": "gap"},
             ),
+        ),
+        _compact(
+            "compact-20k",
+            "Under 20k parameters, aimed at 99.4% within 15 epochs.",
+            (12, 24, 12, 20, 24, 24),
+        ),
+        _compact(
+            "compact-10k",
+            "Under 10k parameters, aimed at 99.4% within 15 epochs.",
+            (10, 16, 10, 16, 16, 16),
+        ),
+        _compact(
+            "compact-8k",
+            "Under 8k parameters, aimed at 99.4% within 15 epochs.",
+            (8, 16, 8, 12, 14, 16),
         ),
     ]
 }

@@ -12,6 +12,7 @@ from shared.messages import (
     FinishStatus,
     Heartbeat,
     JobError,
+    JobResult,
 )
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 
@@ -93,7 +94,9 @@ class AttemptReporter:
             ),
         )
 
-    def finish(self, status: FinishStatus, error: JobError | None = None) -> None:
+    def finish(
+        self, status: FinishStatus, error: JobError | None = None, result: JobResult | None = None
+    ) -> None:
         if self.lost.is_set():
             return  # another attempt holds the job now: this one has nothing to say
         self._post(

@@ -5,7 +5,7 @@ import os
 import socket
 
 from shared.broker import TRAIN_TASK
-from shared.messages import JobError
+from shared.messages import FinishStatus, JobError, JobResult
 from shared.settings import get_settings
 from worker.api_client import ApiClient, ApiRefused
 from worker.celery_app import app
@@ -18,6 +18,7 @@ from worker.training.loop import (
     pick_device,
     train,
 )
+from worker.training.lr_range import lr_range_test
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,13 @@ def train_job(job_id: str) -> None:
         with AttemptReporter(client, claim, settings.heartbeat_seconds) as reporter:
             try:
                 data = mnist_on_device(str(settings.data_dir))
-                train(
-                    claim.spec,
-                    data,
-                    reporter,
-                    Checkpointing(settings.artifact_dir, job_id),
-                    pick_device(),
-                )
+                result = None
+                if claim.spec.kind == "lr_range_test":
+                    curve = lr_range_test(claim.spec, data, reporter, pick_device())
+                    result = JobResult(lr_range_test=curve)
+                else:
+                    checkpointing = Checkpointing(settings.artifact_dir, job_id)
+                    train(claim.spec, data, reporter, checkpointing, pick_device())
             except TrainingStopped:
                 log.info(
                     "job %s: attempt %d stopped (%s)",
@@ -78,7 +79,8 @@ def train_job(job_id: str) -> None:
                 log.exception("job %s: attempt %d failed", job_id, claim.attempt)
                 reporter.finish("failed", describe_failure(error))
                 return
-            reporter.finish("cancelled" if reporter.cancelled.is_set() else "succeeded")
+            outcome: FinishStatus = "cancelled" if reporter.cancelled.is_set() else "succeeded"
+            reporter.finish(outcome, result=result)
             log.info("job %s: attempt %d finished", job_id, claim.attempt)
     finally:
         client.close()

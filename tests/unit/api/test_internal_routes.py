@@ -118,3 +118,25 @@ class TestCheckpointPaths:
             assert worker.post_epoch(job["id"], attempt, 0, checkpoint=record).status_code == 422
         listed = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()["items"]
         assert listed == []
+
+
+class TestJobResult:
+    def test_an_lr_range_test_curve_is_kept_on_the_job(self, client, auth, worker_auth):
+        job = submit(client, auth, {"kind": "lr_range_test"})
+        assert job["spec"]["lr_range_test"]["steps"] == 300
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        curve = {
+            "points": [{"lr": 0.001, "loss": 2.3, "smoothed_loss": 2.3}],
+            "suggested_lr": 0.05,
+            "min_loss_lr": 0.5,
+            "diverged_at_lr": 2.0,
+        }
+        response = client.post(
+            f"/internal/v1/jobs/{job['id']}/finish",
+            json={**attempt, "status": "succeeded", "result": {"lr_range_test": curve}},
+            headers=worker_auth,
+        )
+        assert response.status_code == 200
+        fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+        assert fetched["result"] == {"lr_range_test": curve}

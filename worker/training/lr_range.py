@@ -1,0 +1,89 @@
+"""The LR range test: one pass of exponentially growing learning rates, recording the loss.
+
+Picking the learning rate is the first thing to tune. The test trains for a few hundred
+batches from a tiny lr to a large one; the loss first falls, then blows up. The lr where
+the smoothed loss falls fastest is the suggestion.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from shared.messages import LrRangePoint, LrRangeResult
+from shared.spec import JobSpec
+from worker.training.augment import BatchAugmenter
+from worker.training.data import InputTransform, MnistTensors
+from worker.training.loop import Reporter, TrainingStopped
+from worker.training.model import build_for_training
+from worker.training.optimizers import build_optimizer
+
+
+def suggest(points: list[LrRangePoint]) -> tuple[float | None, float | None]:
+    """(steepest-descent lr, lowest-loss lr) of the smoothed curve."""
+    if len(points) < 3:
+        return None, None
+    lowest = min(points, key=lambda point: point.smoothed_loss)
+    # The slope of the smoothed loss against log(lr), up to the lowest point.
+    end = points.index(lowest)
+    slopes = [
+        (
+            (after.smoothed_loss - before.smoothed_loss)
+            / (math.log(after.lr) - math.log(before.lr)),
+            after.lr,
+        )
+        for before, after in zip(points[:end], points[1 : end + 1], strict=True)
+    ]
+    steepest = min(slopes)[1] if slopes else None
+    return steepest, lowest.lr
+
+
+def lr_range_test(
+    spec: JobSpec, data: MnistTensors, reporter: Reporter, device: torch.device
+) -> LrRangeResult:
+    settings = spec.lr_range_test
+    torch.manual_seed(spec.seed)
+    shuffler = torch.Generator(device="cpu").manual_seed(spec.seed)
+    train_split = data.train.first(spec.data.train_subset)
+    transform = InputTransform(spec.data.normalize, BatchAugmenter(spec.data.augment))
+    model = build_for_training(spec, device)
+    optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    growth = (settings.end_lr / settings.start_lr) ** (1 / (settings.steps - 1))
+    batch_size = spec.batch_size_for_epoch(0)
+
+    points: list[LrRangePoint] = []
+    smoothed, best, diverged_at = 0.0, math.inf, None
+    order = torch.randperm(len(train_split), generator=shuffler).to(device)
+    position = 0
+    model.train()
+    for step in range(settings.steps):
+        if reporter.should_stop():
+            raise TrainingStopped
+        if position + batch_size > len(order):
+            order = torch.randperm(len(train_split), generator=shuffler).to(device)
+            position = 0
+        batch = order[position : position + batch_size]
+        position += batch_size
+        lr = settings.start_lr * growth**step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(
+            model(transform(train_split.images[batch], train=True)), train_split.labels[batch]
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        # Bias-corrected exponential moving average, as in Adam.
+        smoothed = settings.smoothing * smoothed + (1 - settings.smoothing) * value
+        corrected = smoothed / (1 - settings.smoothing ** (step + 1))
+        if not math.isfinite(value) or corrected > settings.divergence_factor * best:
+            diverged_at = lr
+            break
+        best = min(best, corrected)
+        points.append(LrRangePoint(lr=lr, loss=value, smoothed_loss=corrected))
+    steepest, lowest = suggest(points)
+    return LrRangeResult(
+        points=points, suggested_lr=steepest, min_loss_lr=lowest, diverged_at_lr=diverged_at
+    )
