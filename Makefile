@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: install run test test-unit test-integration lint format bench-train clean
+.PHONY: install run test test-unit test-integration lint format bench-train bench-presets clean
 
 install: $(INSTALLED)
 
@@ -41,6 +41,10 @@ test: lint
 bench-train: install
 	$(BIN)/tunelab data prepare
 	$(BIN)/python -m bench.train_speed
+
+bench-presets: install
+	$(BIN)/tunelab data prepare
+	$(BIN)/python -m bench.presets
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

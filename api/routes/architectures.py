@@ -3,7 +3,7 @@
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import SettingsDep, TenantDep
 from shared.checks import Problem, SpecRejected, check_model
@@ -18,6 +18,7 @@ class PresetPublic(BaseModel):
     description: str
     model: dict[str, Any]
     analysis: dict[str, Any]
+    job: dict[str, Any] = Field(description="A job body that trains this preset well")
 
 
 class PresetList(BaseModel):
@@ -49,6 +50,7 @@ def list_presets(settings: SettingsDep, _tenant: TenantDep) -> PresetList:
                 name=preset.name,
                 description=preset.description,
                 model=model.model_dump(mode="json"),
+                job=preset.job(),
                 analysis=check_model(model.layers or [], settings).to_dict(),
             )
         )

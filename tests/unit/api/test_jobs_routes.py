@@ -318,3 +318,11 @@ class TestHealth:
         response = client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["checks"]["broker"].startswith("unavailable")
+
+
+class TestPresetJobs:
+    def test_each_presets_job_is_accepted_as_it_is(self, client, auth):
+        for preset in client.get("/v1/presets", headers=auth).json()["items"]:
+            created = client.post("/v1/jobs", json=preset["job"], headers=auth)
+            assert created.status_code == 201, preset["name"]
+            assert created.json()["spec"]["model"]["preset"] == preset["name"]

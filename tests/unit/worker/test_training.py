@@ -15,6 +15,7 @@ from tests.mnist_fixtures import write_synthetic_mnist
 from worker.training.data import MNIST_MEAN, MNIST_STD, InputTransform, MnistTensors, load_mnist
 from worker.training.loop import Checkpointing, TrainingStopped, train
 from worker.training.model import build_model
+from worker.training.optimizers import build_optimizer
 from worker.training.schedules import LearningRateController, batches_per_epoch
 
 CPU = torch.device("cpu")
@@ -426,3 +427,85 @@ class TestLearningRateController:
         epochs = lr_at_each_step(schedule_job(schedule))
         assert epochs[0][0] == pytest.approx(0.01)
         assert [epoch[0] for epoch in epochs[1:]] == pytest.approx([0.1, 0.05, 0.025])
+
+
+class TestMoreSchedulesAgainstTorch:
+    @pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
+    def test_cyclic_steps_per_batch_like_torch(self, mode):
+        schedule = {
+            "name": "cyclic",
+            "base_lr": 0.01,
+            "max_lr": 0.1,
+            "step_size_up": 3,
+            "mode": mode,
+            "gamma": 0.9,
+        }
+        spec = schedule_job(schedule)
+        expected = torch_lr_at_each_step(
+            spec,
+            lambda opt: lr_scheduler.CyclicLR(
+                opt,
+                base_lr=0.01,
+                max_lr=0.1,
+                step_size_up=3,
+                mode=mode,
+                gamma=0.9,
+                cycle_momentum=False,
+            ),
+            per_batch=True,
+        )
+        assert flat(lr_at_each_step(spec)) == pytest.approx(flat(expected))
+
+    def test_cyclic_cycle_epochs_sets_the_half_cycle_in_batches(self):
+        spec = schedule_job({"name": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "cycle_epochs": 2})
+        lrs = flat(lr_at_each_step(spec))
+        # Two epochs of four batches make a cycle: the peak is four steps in.
+        assert lrs.index(max(lrs)) == 4
+
+    def test_plateau_cuts_the_lr_like_torch(self):
+        spec = schedule_job({"name": "plateau", "factor": 0.5, "patience": 1}, epochs=6)
+        optimizer = one_parameter_optimizer(0.1)
+        reference = lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
+        expected = []
+        for _ in range(6):
+            expected.append(optimizer.param_groups[0]["lr"])
+            reference.step(1.0)
+        # lr_at_each_step reports a flat test loss of 1.0 after every epoch.
+        assert [epoch[0] for epoch in lr_at_each_step(spec)] == pytest.approx(expected)
+
+
+class TestOptimizersAndLoss:
+    @pytest.mark.parametrize(
+        ("body", "kind", "expected"),
+        [
+            (
+                {"name": "sgd", "lr": 0.2, "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4},
+                torch.optim.SGD,
+                {"lr": 0.2, "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4},
+            ),
+            (
+                {"name": "adam", "lr": 0.003, "betas": [0.8, 0.9]},
+                torch.optim.Adam,
+                {"lr": 0.003, "betas": (0.8, 0.9)},
+            ),
+            ({"name": "adamw", "weight_decay": 0.05}, torch.optim.AdamW, {"weight_decay": 0.05}),
+            (
+                {"name": "rmsprop", "alpha": 0.9, "momentum": 0.5},
+                torch.optim.RMSprop,
+                {"alpha": 0.9, "momentum": 0.5},
+            ),
+        ],
+        ids=["sgd", "adam", "adamw", "rmsprop"],
+    )
+    def test_each_optimizer_gets_its_settings(self, body, kind, expected):
+        spec = JobSpec.model_validate({"optimizer": body})
+        optimizer = build_optimizer([nn.Parameter(torch.zeros(1))], spec.optimizer)
+        assert type(optimizer) is kind
+        assert {key: optimizer.defaults[key] for key in expected} == expected
+
+    def test_label_smoothing_raises_the_loss_of_confident_answers(self, mnist):
+        plain = train(small_job(epochs=1), mnist, RecordingReporter(), device=CPU)
+        smoothed = train(
+            small_job(epochs=1, label_smoothing=0.2), mnist, RecordingReporter(), device=CPU
+        )
+        assert smoothed.final.train_loss > plain.final.train_loss
