@@ -84,9 +84,34 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device) -> AbstractContextManager[Any]:
+# CPU flags of native bf16 arithmetic; without them bf16 is emulated and slower than fp32.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def mixed_precision(device: torch.device, flags: frozenset[str] | None = None) -> bool:
+    """bf16 autocast where the hardware does bf16 natively: CUDA, or CPUs with AVX-512 BF16
+    or AMX; plain fp32 elsewhere."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return True
+    return device.type == "cpu" and bool(
+        NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags)
+    )
+
+
+def _autocast(device: torch.device) -> AbstractContextManager[Any]:
+    if mixed_precision(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

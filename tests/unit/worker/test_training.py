@@ -13,7 +13,7 @@ from shared.messages import CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
 from tests.mnist_fixtures import write_synthetic_mnist
 from worker.training.data import MNIST_MEAN, MNIST_STD, InputTransform, MnistTensors, load_mnist
-from worker.training.loop import Checkpointing, TrainingStopped, train
+from worker.training.loop import Checkpointing, TrainingStopped, mixed_precision, train
 from worker.training.model import build_model
 from worker.training.optimizers import build_optimizer
 from worker.training.schedules import LearningRateController, batches_per_epoch
@@ -509,3 +509,14 @@ class TestOptimizersAndLoss:
             small_job(epochs=1, label_smoothing=0.2), mnist, RecordingReporter(), device=CPU
         )
         assert smoothed.final.train_loss > plain.final.train_loss
+
+
+class TestMixedPrecision:
+    def test_bf16_only_where_the_cpu_does_it_natively(self):
+        assert not mixed_precision(CPU, frozenset({"avx2", "fma"}))
+        assert not mixed_precision(CPU, frozenset({"avx512f", "avx512bw"}))
+        assert mixed_precision(CPU, frozenset({"avx512f", "avx512_bf16"}))
+        assert mixed_precision(CPU, frozenset({"amx_bf16"}))
+
+    def test_always_on_cuda(self):
+        assert mixed_precision(torch.device("cuda"), frozenset())
