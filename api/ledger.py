@@ -120,6 +120,7 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(col(Job.started_at), now),
         )
+        .execution_options(synchronize_session=False)
     )
     session.commit()
     job = session.get(Job, job_id)

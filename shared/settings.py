@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     # How long a claimed attempt stays leased without a heartbeat or a post.
     lease_seconds: float = Field(default=120.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # How often the API re-sends undelivered jobs and requeues ones whose lease expired
+    # (0 turns the sweep off), and how many attempts a job gets before it fails.
+    sweep_seconds: float = Field(default=5.0, ge=0)
+    max_attempts: int = Field(default=3, ge=1)
     # Threads for the trainer; 0 means one per available core.
     torch_threads: int = Field(default=0, ge=0)
 
