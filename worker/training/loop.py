@@ -132,6 +132,33 @@ def evaluate(
     return loss_sum / len(split), correct / len(split)
 
 
+@dataclass
+class Setup:
+    """What a run built from a spec starts with: seeded, on the device."""
+
+    shuffler: torch.Generator
+    train_split: Split
+    test_split: Split
+    transform: InputTransform
+    model: nn.Sequential
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.CrossEntropyLoss
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, data: MnistTensors, device: torch.device) -> "Setup":
+        torch.manual_seed(spec.seed)
+        model = build_for_training(spec, device)
+        return cls(
+            shuffler=torch.Generator(device="cpu").manual_seed(spec.seed),
+            train_split=data.train.first(spec.data.train_subset),
+            test_split=data.test.first(spec.data.test_subset),
+            transform=InputTransform(spec.data.normalize, BatchAugmenter(spec.data.augment)),
+            model=model,
+            optimizer=build_optimizer(model.parameters(), spec.optimizer),
+            loss_fn=nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing),
+        )
+
+
 def train(
     spec: JobSpec,
     data: MnistTensors,
@@ -140,16 +167,11 @@ def train(
     device: torch.device | None = None,
 ) -> TrainingResult:
     device = device or pick_device()
-    torch.manual_seed(spec.seed)
-    shuffler = torch.Generator(device="cpu").manual_seed(spec.seed)
-
-    train_split = data.train.first(spec.data.train_subset)
-    test_split = data.test.first(spec.data.test_subset)
-    transform = InputTransform(spec.data.normalize, BatchAugmenter(spec.data.augment))
-    model = build_for_training(spec, device)
-    optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    setup = Setup.from_spec(spec, data, device)
+    shuffler, train_split, test_split = setup.shuffler, setup.train_split, setup.test_split
+    transform, model, optimizer = setup.transform, setup.model, setup.optimizer
+    loss_fn = setup.loss_fn
     lr_control = LearningRateController(optimizer, spec, len(train_split))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
 
     final: EpochMetrics | None = None
     for epoch in range(spec.epochs):

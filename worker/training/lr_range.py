@@ -8,15 +8,11 @@ the smoothed loss falls fastest is the suggestion.
 import math
 
 import torch
-from torch import nn
 
 from shared.messages import LrRangePoint, LrRangeResult
 from shared.spec import JobSpec
-from worker.training.augment import BatchAugmenter
-from worker.training.data import InputTransform, MnistTensors
-from worker.training.loop import Reporter, TrainingStopped
-from worker.training.model import build_for_training
-from worker.training.optimizers import build_optimizer
+from worker.training.data import MnistTensors
+from worker.training.loop import Reporter, Setup, TrainingStopped
 
 
 def suggest(points: list[LrRangePoint]) -> tuple[float | None, float | None]:
@@ -42,13 +38,9 @@ def lr_range_test(
     spec: JobSpec, data: MnistTensors, reporter: Reporter, device: torch.device
 ) -> LrRangeResult:
     settings = spec.lr_range_test
-    torch.manual_seed(spec.seed)
-    shuffler = torch.Generator(device="cpu").manual_seed(spec.seed)
-    train_split = data.train.first(spec.data.train_subset)
-    transform = InputTransform(spec.data.normalize, BatchAugmenter(spec.data.augment))
-    model = build_for_training(spec, device)
-    optimizer = build_optimizer(model.parameters(), spec.optimizer)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    setup = Setup.from_spec(spec, data, device)
+    shuffler, train_split, transform = setup.shuffler, setup.train_split, setup.transform
+    model, optimizer, loss_fn = setup.model, setup.optimizer, setup.loss_fn
     growth = (settings.end_lr / settings.start_lr) ** (1 / (settings.steps - 1))
     batch_size = spec.batch_size_for_epoch(0)
 
