@@ -1,12 +1,11 @@
 """Ringing the broker's doorbell: only a job id crosses it."""
 
 import logging
-from pathlib import Path
 from typing import Protocol
 
 from celery import Celery
 
-from shared.broker import TRAIN_TASK, broker_folders, celery_config
+from shared.broker import TRAIN_TASK, celery_config, make_broker_folders
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,8 +19,7 @@ class Dispatcher(Protocol):
 
 class CeleryDispatcher:
     def __init__(self, settings: Settings) -> None:
-        for folder in broker_folders(settings):
-            Path(folder).mkdir(parents=True, exist_ok=True)
+        make_broker_folders(settings)
         self.queue = settings.queue
         self.app = Celery("tunelab-api")
         self.app.conf.update(celery_config(settings))

@@ -89,11 +89,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     # Done here, before the pool forks, so each training process finds the files ready.
     ensure_mnist(settings.data_dir)
-    from shared.broker import broker_folders
+    from shared.broker import make_broker_folders
     from worker.celery_app import app
 
-    for folder in broker_folders(settings):
-        Path(folder).mkdir(parents=True, exist_ok=True)
+    make_broker_folders(settings)
     argv = [
         "worker",
         "--loglevel=INFO",
@@ -120,15 +119,21 @@ def cmd_db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
+def new_key(database_url: str, tenant_name: str) -> tuple[str, str, str]:
+    """(tenant name, tenant id, plaintext key) for a new key; the tenant is made if new."""
     from sqlmodel import Session
 
     from api.db import make_engine
     from api.keys import create_key
 
-    with Session(make_engine(load_settings().database_url)) as session:
-        tenant, key = create_key(session, args.tenant)
-    print(f"tenant {tenant.name} ({tenant.id}); this key is shown once:")
+    with Session(make_engine(database_url)) as session:
+        tenant, key = create_key(session, tenant_name)
+        return tenant.name, tenant.id, key
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    name, tenant_id, key = new_key(load_settings().database_url, args.tenant)
+    print(f"tenant {name} ({tenant_id}); this key is shown once:")
     print(key)
     return 0
 
@@ -182,13 +187,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     for step in (cmd_data_prepare, cmd_db_upgrade):
         if step(args) != 0:
             return 1
-    from sqlmodel import Session
-
-    from api.db import make_engine
-    from api.keys import create_key
-
-    with Session(make_engine(settings.database_url)) as session:
-        _, key = create_key(session, args.tenant)
+    _, _, key = new_key(settings.database_url, args.tenant)
     tunelab = [sys.executable, "-m", "cli.main"]
     processes = [
         subprocess.Popen([*tunelab, "api", "--host", args.host, "--port", str(args.port)]),

@@ -1,5 +1,6 @@
 """The Celery settings both sides use: the API to ring the doorbell, workers to answer it."""
 
+from pathlib import Path
 from typing import Any
 
 from shared.settings import Settings
@@ -45,8 +46,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def broker_folders(settings: Settings) -> list[str]:
+def make_broker_folders(settings: Settings) -> None:
+    """Creates the filesystem broker's folders, which kombu expects to exist; a no-op for
+    brokers with a server."""
     options = celery_config(settings).get("broker_transport_options", {})
-    return [
-        options[k] for k in ("data_folder_in", "control_folder", "processed_folder") if k in options
-    ]
+    for key in ("data_folder_in", "control_folder", "processed_folder"):
+        if key in options:
+            Path(options[key]).mkdir(parents=True, exist_ok=True)
