@@ -8,7 +8,7 @@ lease token, and a write from an attempt that no longer holds the job is refused
 import hashlib
 import json
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, update
@@ -22,7 +22,15 @@ from api.errors import (
     JobNotClaimable,
     StaleAttempt,
 )
-from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus, utcnow
+from api.models import (
+    AttemptOutcome,
+    AttemptRow,
+    CheckpointRow,
+    EpochMetricRow,
+    Job,
+    JobStatus,
+    utcnow,
+)
 from shared.analysis import Analysis
 from shared.messages import AttemptPost, CheckpointRecord, EpochMetrics, FinishReport
 from shared.spec import JobSpec
@@ -81,9 +89,36 @@ def create_job(
     return job, True
 
 
-def mark_dispatched(session: Session, job_id: str) -> None:
-    session.execute(update(Job).where(col(Job.id) == job_id).values(dispatched_at=utcnow()))
+def mark_dispatched(session: Session, job_id: str, at: datetime | None = None) -> None:
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id)
+        .values(dispatched_at=at or utcnow(), dispatches=col(Job.dispatches) + 1)
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
+
+
+def end_attempt(session: Session, job_id: str, attempt: int, outcome: AttemptOutcome) -> None:
+    """Closes an attempt's row if it is still open; the caller commits."""
+    session.execute(
+        update(AttemptRow)
+        .where(
+            col(AttemptRow.job_id) == job_id,
+            col(AttemptRow.attempt) == attempt,
+            col(AttemptRow.outcome) == AttemptOutcome.running,
+        )
+        .values(outcome=outcome, ended_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def attempts_of(session: Session, job_id: str) -> list[AttemptRow]:
+    return list(
+        session.exec(
+            select(AttemptRow).where(AttemptRow.job_id == job_id).order_by(col(AttemptRow.attempt))
+        )
+    )
 
 
 def cancel_job(session: Session, job: Job) -> Job:
@@ -95,6 +130,8 @@ def cancel_job(session: Session, job: Job) -> Job:
         .where(col(Job.id) == job.id, col(Job.status).in_([JobStatus.queued, JobStatus.running]))
         .values(status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
     )
+    if result.rowcount and job.attempts:  # type: ignore[attr-defined]
+        end_attempt(session, job.id, job.attempts, AttemptOutcome.cancelled)
     session.commit()
     session.refresh(job)
     if result.rowcount == 0:  # type: ignore[attr-defined]
@@ -122,17 +159,42 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
         )
         .execution_options(synchronize_session=False)
     )
-    session.commit()
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotClaimable(f"no job {job_id}")
-    session.refresh(job)
     if result.rowcount == 0:  # type: ignore[attr-defined]
+        session.rollback()
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotClaimable(f"no job {job_id}")
         raise JobNotClaimable(
             f"job {job_id} is {job.status}"
             + (" and leased to a live attempt" if job.status == "running" else "")
         )
+    job = session.get(Job, job_id)
+    assert job is not None  # the update above just matched it
+    session.refresh(job)
+    # Taken over straight from an expired lease, without a sweep in between.
+    end_attempt(session, job.id, job.attempts - 1, AttemptOutcome.lease_expired)
+    session.add(
+        AttemptRow(
+            job_id=job.id,
+            attempt=job.attempts,
+            worker=worker,
+            start_epoch=job.epochs_completed,
+            started_at=now,
+        )
+    )
+    session.commit()
+    session.refresh(job)
     return job
+
+
+def release_job(session: Session, job: Job, attempt: int) -> None:
+    """A worker that shuts down gives its job back: queued again, to resume from its last
+    checkpoint. The caller has checked that `attempt` holds the job."""
+    job.status = JobStatus.queued
+    job.worker = job.lease_token = job.lease_expires_at = job.dispatched_at = None
+    job.dispatches = 0
+    session.add(job)
+    end_attempt(session, job.id, attempt, AttemptOutcome.handed_back)
 
 
 def holding_attempt(session: Session, job_id: str, post: AttemptPost) -> Job | None:
@@ -164,8 +226,15 @@ def record_epoch(
         raise CheckpointRefused(f"checkpoint path must be {job.id}/{checkpoint.name}")
     if session.get(EpochMetricRow, (job.id, metrics.epoch)) is None:
         session.add(EpochMetricRow(job_id=job.id, attempt=attempt, **metrics.model_dump()))
-    if checkpoint is not None and session.get(CheckpointRow, (job.id, checkpoint.name)) is None:
-        session.add(CheckpointRow(job_id=job.id, attempt=attempt, **checkpoint.model_dump()))
+    if checkpoint is not None:
+        row = session.get(CheckpointRow, (job.id, checkpoint.name))
+        if row is None:
+            session.add(CheckpointRow(job_id=job.id, attempt=attempt, **checkpoint.model_dump()))
+        elif row.sha256 != checkpoint.sha256:
+            # A later attempt wrote the file again (the earlier one was corrupt): the record
+            # follows the file, so its SHA-256 still vouches for what is on disk.
+            row.sqlmodel_update({"attempt": attempt, **checkpoint.model_dump()})
+            session.add(row)
     job.epochs_completed = max(job.epochs_completed, metrics.epoch + 1)
     if job.best_test_accuracy is None or metrics.test_accuracy > job.best_test_accuracy:
         job.best_epoch, job.best_test_accuracy = metrics.epoch, metrics.test_accuracy
@@ -179,6 +248,7 @@ def finish_job(session: Session, job: Job, report: FinishReport) -> None:
     job.error = report.error.model_dump() if report.error else None
     job.result = report.result.model_dump() if report.result else None
     session.add(job)
+    end_attempt(session, job.id, report.attempt, AttemptOutcome(report.status))
 
 
 def latest_metrics(session: Session, job_id: str) -> EpochMetricRow | None:

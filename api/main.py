@@ -26,7 +26,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     sweeper = None
     if settings.sweep_seconds > 0:
         sweeper = Sweeper(
-            app.state.engine, app.state.dispatcher, settings.max_attempts, settings.sweep_seconds
+            app.state.engine,
+            app.state.dispatcher,
+            settings.max_attempts,
+            settings.sweep_seconds,
+            settings.redispatch_seconds,
         )
         sweeper.start()
     yield

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, Column, DateTime, MetaData, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -22,6 +22,21 @@ metadata: MetaData = SQLModel.metadata
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(moment: None) -> None: ...
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without a zone; everything stored is UTC.
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class JobStatus(StrEnum):
@@ -72,8 +87,10 @@ class Job(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    # When the broker was last told of the job; None means it still has to be.
+    # When the broker was last told of the job; None means it still has to be. `dispatches`
+    # counts the messages sent for the current wait, to space out re-sends.
     dispatched_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    dispatches: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     attempts: int = 0
     worker: str | None = Field(default=None, max_length=200)
     lease_token: str | None = Field(default=None, max_length=64)
@@ -85,6 +102,31 @@ class Job(SQLModel, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
+
+
+class AttemptOutcome(StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    # The worker shut down and gave the job back after its last checkpoint.
+    handed_back = "handed_back"
+    # The worker stopped reporting (killed, frozen, lost) until its lease ran out.
+    lease_expired = "lease_expired"
+
+
+class AttemptRow(SQLModel, table=True):
+    """One attempt at a job: who ran it, from which epoch, and how it ended."""
+
+    __tablename__ = "job_attempts"
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True, max_length=40)
+    attempt: int = Field(primary_key=True)
+    worker: str = Field(max_length=200)
+    # Epochs already recorded when the attempt started: where it resumes from.
+    start_epoch: int = 0
+    outcome: str = Field(default=AttemptOutcome.running, max_length=16)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
 class EpochMetricRow(SQLModel, table=True):

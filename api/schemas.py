@@ -1,27 +1,20 @@
 """Response models: what clients see, never the tables themselves."""
 
-from datetime import UTC, datetime
-from typing import Any, overload
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
+from api.models import (
+    AttemptOutcome,
+    AttemptRow,
+    CheckpointRow,
+    EpochMetricRow,
+    Job,
+    JobStatus,
+    as_utc,
+)
 from shared.messages import EpochMetrics, JobError, JobResult
-
-
-@overload
-def as_utc(moment: datetime) -> datetime: ...
-
-
-@overload
-def as_utc(moment: None) -> None: ...
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back without a zone; everything stored is UTC.
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Progress(BaseModel):
@@ -66,6 +59,26 @@ def metrics_of(row: EpochMetricRow) -> EpochMetrics:
     return EpochMetrics.model_validate(row, from_attributes=True)
 
 
+class AttemptPublic(BaseModel):
+    attempt: int
+    worker: str
+    start_epoch: int = Field(description="Epochs already done when it started: it resumed there")
+    outcome: AttemptOutcome
+    started_at: datetime
+    ended_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: AttemptRow) -> "AttemptPublic":
+        return cls(
+            attempt=row.attempt,
+            worker=row.worker,
+            start_epoch=row.start_epoch,
+            outcome=AttemptOutcome(row.outcome),
+            started_at=as_utc(row.started_at),
+            ended_at=as_utc(row.ended_at),
+        )
+
+
 class JobPublic(BaseModel):
     id: str
     name: str | None
@@ -75,6 +88,9 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int
+    attempt_history: list[AttemptPublic] = Field(
+        description="Each attempt: its worker, the epoch it resumed from, and how it ended"
+    )
     worker: str | None
     progress: Progress
     analysis: Summary
@@ -88,7 +104,11 @@ class JobPublic(BaseModel):
 
     @classmethod
     def build(
-        cls, job: Job, latest: EpochMetricRow | None, checkpoints: list[CheckpointRow]
+        cls,
+        job: Job,
+        latest: EpochMetricRow | None,
+        checkpoints: list[CheckpointRow],
+        attempts: list[AttemptRow],
     ) -> "JobPublic":
         best = None
         if job.best_epoch is not None and job.best_test_accuracy is not None:
@@ -102,6 +122,7 @@ class JobPublic(BaseModel):
             started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at),
             attempts=job.attempts,
+            attempt_history=[AttemptPublic.from_row(row) for row in attempts],
             worker=job.worker,
             progress=Progress(epochs_completed=job.epochs_completed, epochs=job.epochs),
             analysis=Summary(**{k: job.analysis[k] for k in Summary.model_fields}),

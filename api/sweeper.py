@@ -3,8 +3,12 @@ API rings again for every job the broker may not know of.
 
 - a job stored as queued whose message never reached the broker (broker down at submit)
   is sent again;
+- a queued job nobody claimed `redispatch_seconds` after it was sent is sent again, in case
+  the broker lost the message; the wait doubles with each re-send;
 - a running job whose lease expired (its worker was killed or lost) is queued and sent
-  again, until it has had `max_attempts`; then it fails with a reason.
+  again, until `max_attempts` attempts have been lost that way; then it fails with a reason
+  that tells what became of each attempt. Attempts handed back by a worker that shut down
+  cleanly do not count.
 
 Every change is a compare-and-set on the job's row, so several API processes may sweep at
 once; a duplicate message is harmless, since a claim is a compare-and-set too.
@@ -13,18 +17,21 @@ once; a duplicate message is harmless, since a claim is a compare-and-set too.
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, and_, update
+from sqlalchemy import ColumnElement, Engine, and_, or_, update
 from sqlmodel import Session, col, select
 
 from api.dispatch import Dispatcher
-from api.ledger import mark_dispatched
-from api.models import Job, JobStatus, utcnow
+from api.ledger import attempts_of, end_attempt, mark_dispatched
+from api.models import AttemptOutcome, AttemptRow, Job, JobStatus, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 100
+# Re-sends of a job that waits in the queue are spaced redispatch_seconds * 2**n apart, n
+# capped here: with the default of 5 minutes, at least every 5 h 20 min.
+MAX_REDISPATCH_DOUBLINGS = 6
 
 
 @dataclass
@@ -32,28 +39,59 @@ class SweepCounts:
     requeued: int = 0
     failed: int = 0
     sent: int = 0
+    resent: int = 0
 
 
 def _expired(now: datetime) -> ColumnElement[bool]:
     return and_(col(Job.status) == JobStatus.running, col(Job.lease_expires_at) < now)
 
 
+def describe_attempts(attempts: list[AttemptRow], expired_attempt: int) -> str:
+    """One clause per attempt, e.g. "attempt 2 on gpu-3 from epoch 4: lease expired"."""
+
+    def outcome(row: AttemptRow) -> str:
+        return AttemptOutcome.lease_expired if row.attempt == expired_attempt else row.outcome
+
+    return "; ".join(
+        f"attempt {row.attempt} on {row.worker} from epoch {row.start_epoch}: "
+        + outcome(row).replace("_", " ")
+        for row in attempts
+    )
+
+
 def sweep(
-    session: Session, dispatcher: Dispatcher, max_attempts: int, now: datetime | None = None
+    session: Session,
+    dispatcher: Dispatcher,
+    max_attempts: int,
+    now: datetime | None = None,
+    redispatch_seconds: float = 300.0,
 ) -> SweepCounts:
     now = now or utcnow()
     counts = SweepCounts()
+    _requeue_expired(session, max_attempts, now, counts)
+    _send_undelivered(session, dispatcher, now, redispatch_seconds, counts)
+    return counts
+
+
+def _requeue_expired(
+    session: Session, max_attempts: int, now: datetime, counts: SweepCounts
+) -> None:
     lost = list(session.exec(select(Job).where(_expired(now)).limit(SWEEP_BATCH)))
     for job in lost:
-        if job.attempts >= max_attempts:
-            values: dict[str, object] = {
+        history = attempts_of(session, job.id)
+        lost_attempts = 1 + sum(row.outcome == AttemptOutcome.lease_expired for row in history)
+        give_up = lost_attempts >= max_attempts
+        values: dict[str, object]
+        if give_up:
+            values = {
                 "status": JobStatus.failed,
                 "finished_at": now,
                 "lease_expires_at": None,
                 "error": {
                     "type": "max_attempts",
-                    "message": f"gave up after {job.attempts} attempts: each one stopped "
-                    "reporting until its lease expired (worker killed or lost)",
+                    "message": f"gave up after {lost_attempts} attempts stopped reporting until "
+                    f"their lease expired (max_attempts is {max_attempts}): "
+                    + describe_attempts(history, job.attempts),
                 },
             }
         else:
@@ -62,6 +100,7 @@ def sweep(
                 "lease_expires_at": None,
                 "lease_token": None,
                 "dispatched_at": None,
+                "dispatches": 0,
             }
         # Only if it is still the same expired attempt: another sweeper may have been first.
         result = session.execute(
@@ -73,7 +112,8 @@ def sweep(
             .execution_options(synchronize_session=False)
         )
         if result.rowcount:  # type: ignore[attr-defined]
-            if values["status"] == JobStatus.failed:
+            end_attempt(session, job.id, job.attempts, AttemptOutcome.lease_expired)
+            if give_up:
                 counts.failed += 1
             else:
                 counts.requeued += 1
@@ -81,32 +121,62 @@ def sweep(
                 "job %s: attempt %d lost its lease; %s",
                 job.id,
                 job.attempts,
-                "failed" if values["status"] == JobStatus.failed else "queued again",
+                "failed" if give_up else "queued again",
             )
-    session.commit()
+        session.commit()
 
-    undispatched = session.exec(
-        select(Job.id)
-        .where(col(Job.status) == JobStatus.queued, col(Job.dispatched_at).is_(None))
+
+def _send_undelivered(
+    session: Session,
+    dispatcher: Dispatcher,
+    now: datetime,
+    redispatch_seconds: float,
+    counts: SweepCounts,
+) -> None:
+    waiting_since = now - timedelta(seconds=redispatch_seconds)
+    candidates = session.exec(
+        select(Job.id, Job.dispatched_at, Job.dispatches)
+        .where(
+            col(Job.status) == JobStatus.queued,
+            or_(col(Job.dispatched_at).is_(None), col(Job.dispatched_at) < waiting_since),
+        )
         .order_by(col(Job.id))
         .limit(SWEEP_BATCH)
     ).all()
-    for job_id in undispatched:
+    for job_id, dispatched_at, dispatches in candidates:
+        if dispatched_at is not None:
+            doublings = min(max(dispatches - 1, 0), MAX_REDISPATCH_DOUBLINGS)
+            due = as_utc(dispatched_at) + timedelta(seconds=redispatch_seconds * 2**doublings)
+            if due > now:
+                continue
         if not dispatcher.send(job_id):
             break  # the broker is still down: try again next sweep
-        mark_dispatched(session, job_id)
-        counts.sent += 1
-    return counts
+        mark_dispatched(session, job_id, at=now)
+        if dispatched_at is None:
+            counts.sent += 1
+        else:
+            counts.resent += 1
+            log.warning(
+                "job %s: still unclaimed %d s after it was sent; sent again",
+                job_id,
+                (now - as_utc(dispatched_at)).total_seconds(),
+            )
 
 
 class Sweeper:
     """Runs `sweep` every `interval` seconds on a daemon thread until stopped."""
 
     def __init__(
-        self, engine: Engine, dispatcher: Dispatcher, max_attempts: int, interval: float
+        self,
+        engine: Engine,
+        dispatcher: Dispatcher,
+        max_attempts: int,
+        interval: float,
+        redispatch_seconds: float,
     ) -> None:
         self.engine, self.dispatcher = engine, dispatcher
         self.max_attempts, self.interval = max_attempts, interval
+        self.redispatch_seconds = redispatch_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatch-sweep", daemon=True)
 
@@ -121,6 +191,11 @@ class Sweeper:
         while not self._stop.wait(self.interval):
             try:
                 with Session(self.engine) as session:
-                    sweep(session, self.dispatcher, self.max_attempts)
+                    sweep(
+                        session,
+                        self.dispatcher,
+                        self.max_attempts,
+                        redispatch_seconds=self.redispatch_seconds,
+                    )
             except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
                 log.exception("dispatch sweep failed")

@@ -103,6 +103,10 @@ class Collect:
     def should_stop(self) -> bool:
         return False
 
+    def handback_deadline(self) -> float | None:
+
+        return None
+
     def epoch_finished(self, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
         self.rows.append(metrics.model_dump())
 

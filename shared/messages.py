@@ -62,6 +62,10 @@ class Heartbeat(AttemptPost):
     pass
 
 
+class HandBack(AttemptPost):
+    """The worker is shutting down: queue the job again, to resume from its last checkpoint."""
+
+
 class JobError(Message):
     type: str
     message: str

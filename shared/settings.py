@@ -26,11 +26,20 @@ class Settings(BaseSettings):
 
     # How long a claimed attempt stays leased without a heartbeat or a post.
     lease_seconds: float = Field(default=120.0, gt=0)
-    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # Heartbeats renew the lease and bring back news of a cancel: a cancelled job stops
+    # within about this long.
+    heartbeat_seconds: float = Field(default=3.0, gt=0)
+    # On SIGTERM a worker finishes its epoch (and checkpoints it) if that fits in this many
+    # seconds, otherwise it stops at the next batch; then it hands the job back.
+    handback_grace_seconds: float = Field(default=30.0, ge=0)
     # How often the API re-sends undelivered jobs and requeues ones whose lease expired
     # (0 turns the sweep off), and how many attempts a job gets before it fails.
     sweep_seconds: float = Field(default=5.0, ge=0)
     max_attempts: int = Field(default=3, ge=1)
+    # A queued job nobody claimed this long after it was sent is sent again, in case the
+    # broker lost the message (a Redis restart without persistence); the wait doubles each
+    # time, so a job that is only waiting for a free worker is not sent over and over.
+    redispatch_seconds: float = Field(default=300.0, gt=0)
     # Threads for the trainer; 0 means one per available core.
     torch_threads: int = Field(default=0, ge=0)
 

@@ -2,8 +2,9 @@
 
 import logging
 
+import billiard.process
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutting_down
 
 from shared.broker import celery_config
 from shared.settings import get_settings
@@ -18,5 +19,15 @@ app.conf.update(celery_config(get_settings()))
 def _configure_training_process(**_kwargs: object) -> None:
     # Runs in each pool child after the fork, so CUDA is first touched here, never before.
     from worker.runtime import configure_torch
+    from worker.shutdown import install_sigterm_handler
 
     configure_torch(get_settings())
+    install_sigterm_handler(get_settings().handback_grace_seconds)
+
+
+@worker_shutting_down.connect
+def _hand_back_running_jobs(**_kwargs: object) -> None:
+    # Celery's warm shutdown would wait for the running jobs to end; ask them to hand back.
+    from worker.shutdown import forward_sigterm
+
+    forward_sigterm([child.pid for child in billiard.process.active_children() if child.pid])

@@ -1,22 +1,35 @@
-"""The trainer's reporter for a claimed attempt: posts epochs, beats the heart, hears cancels."""
+"""The trainer's reporter for a claimed attempt: delivers epochs, beats the heart, hears
+cancels and shutdowns.
+
+Epoch reports go into an outbox that a sender thread delivers in order, retrying while
+the API is unreachable, so training does not wait on the network; heartbeats renew the
+lease through long epochs and bring back news of a cancel.
+"""
 
 import logging
+import os
+import queue
 import threading
 
 from shared.messages import (
+    AttemptAnswer,
     CheckpointRecord,
     Claim,
     EpochMetrics,
     EpochReport,
     FinishReport,
     FinishStatus,
+    HandBack,
     Heartbeat,
     JobError,
     JobResult,
 )
+from worker import shutdown
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 
 log = logging.getLogger(__name__)
+
+AttemptMessage = Heartbeat | EpochReport | FinishReport | HandBack
 
 
 class AttemptReporter:
@@ -28,12 +41,19 @@ class AttemptReporter:
         self._stop_heartbeat = threading.Event()
         self._heartbeat_seconds = heartbeat_seconds
         self._heart = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._outbox: queue.Queue[EpochReport | None] = queue.Queue()
+        self._sender = threading.Thread(target=self._send, name="epoch-sender", daemon=True)
+        # The worker's main process; if it dies, this process is an orphan nobody supervises.
+        self._parent = os.getppid()
 
     def __enter__(self) -> "AttemptReporter":
         self._heart.start()
+        self._sender.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self._outbox.put(None)
+        self._sender.join(timeout=self.client.retry_seconds + 15)
         self._stop_heartbeat.set()
         self._heart.join(timeout=self._heartbeat_seconds + 15)
 
@@ -49,14 +69,11 @@ class AttemptReporter:
     def token(self) -> str:
         return self.claim.lease_token
 
-    def _post(
-        self,
-        route: str,
-        body: Heartbeat | EpochReport | FinishReport,
-        retry_seconds: float | None = None,
-    ) -> None:
+    def _post(self, route: str, body: AttemptMessage, retry_seconds: float | None = None) -> None:
         try:
-            answer = self.client.attempt_post(self.job_id, route, body, retry_seconds)
+            answer: AttemptAnswer = self.client.attempt_post(
+                self.job_id, route, body, retry_seconds
+            )
         except ApiRefused as refused:
             if refused.status == 409:
                 log.warning(
@@ -73,6 +90,10 @@ class AttemptReporter:
 
     def _beat(self) -> None:
         while not self._stop_heartbeat.wait(self._heartbeat_seconds):
+            if os.getppid() != self._parent:
+                log.warning("job %s: the worker's main process is gone; stopping", self.job_id)
+                self.lost.set()
+                return
             try:
                 self._post(
                     "heartbeat",
@@ -83,23 +104,61 @@ class AttemptReporter:
                 # A missed beat is not fatal; the next one, or an epoch post, renews the lease.
                 log.warning("heartbeat for job %s failed: %s", self.job_id, error)
 
+    def _send(self) -> None:
+        while (report := self._outbox.get()) is not None:
+            if self.lost.is_set():
+                continue  # another attempt holds the job: it reports its own epochs
+            try:
+                self._post("epochs", report)
+            except (ApiUnreachable, ApiRefused) as error:
+                # Unreachable for the whole retry window: the lease has run out by now.
+                log.error(
+                    "job %s: epoch %d undelivered: %s", self.job_id, report.metrics.epoch, error
+                )
+                self.lost.set()
+
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or self.lost.is_set()
 
+    def handback_deadline(self) -> float | None:
+        return shutdown.handback_deadline()
+
     def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
-        self._post(
-            "epochs",
+        self._outbox.put(
             EpochReport(
                 attempt=self.attempt, lease_token=self.token, metrics=metrics, checkpoint=checkpoint
-            ),
+            )
         )
+
+    def flush(self) -> None:
+        """Waits until every epoch reported so far was delivered (or given up on)."""
+        if not self._sender.is_alive():
+            return
+        self._outbox.put(None)
+        self._sender.join()
+        self._sender = threading.Thread(target=self._send, name="epoch-sender", daemon=True)
+        self._sender.start()
 
     def finish(
         self, status: FinishStatus, error: JobError | None = None, result: JobResult | None = None
     ) -> None:
+        self.flush()
         if self.lost.is_set():
             return  # another attempt holds the job now: this one has nothing to say
         self._post(
             "finish",
-            FinishReport(attempt=self.attempt, lease_token=self.token, status=status, error=error),
+            FinishReport(
+                attempt=self.attempt,
+                lease_token=self.token,
+                status=status,
+                error=error,
+                result=result,
+            ),
         )
+
+    def hand_back(self, retry_seconds: float) -> None:
+        """Gives the job back after its last delivered epoch, for another attempt to resume."""
+        self.flush()
+        if self.lost.is_set():
+            return
+        self._post("release", HandBack(attempt=self.attempt, lease_token=self.token), retry_seconds)

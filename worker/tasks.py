@@ -11,9 +11,10 @@ from worker.api_client import ApiClient, ApiRefused
 from worker.celery_app import app
 from worker.reporter import AttemptReporter
 from worker.runtime import mnist_on_device
+from worker.training.checkpoints import Checkpointing
 from worker.training.loop import (
-    Checkpointing,
     TrainingDiverged,
+    TrainingHandedBack,
     TrainingStopped,
     pick_device,
     train,
@@ -64,7 +65,20 @@ def train_job(job_id: str) -> None:
                     result = JobResult(lr_range_test=curve)
                 else:
                     checkpointing = Checkpointing(settings.artifact_dir, job_id)
-                    train(claim.spec, data, reporter, checkpointing, pick_device())
+                    newest = checkpointing.newest_usable(claim.checkpoints)
+                    if newest is not None:
+                        log.info("job %s: resuming from %s", job_id, newest[0].name)
+                    resume = newest[1] if newest is not None else None
+                    train(claim.spec, data, reporter, checkpointing, pick_device(), resume)
+            except TrainingHandedBack as handed_back:
+                log.info(
+                    "job %s: attempt %d handed back after epoch %d (worker shutting down)",
+                    job_id,
+                    claim.attempt,
+                    handed_back.epochs_completed - 1,
+                )
+                reporter.hand_back(retry_seconds=settings.handback_grace_seconds)
+                return
             except TrainingStopped:
                 log.info(
                     "job %s: attempt %d stopped (%s)",

@@ -6,13 +6,15 @@ the job was cancelled. A repeated post (after a timeout) changes nothing.
 
 from fastapi import APIRouter
 
-from api.deps import SessionDep, SettingsDep, WorkerDep
+from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerDep
 from api.ledger import (
     checkpoints_of,
     claim_job,
     finish_job,
     holding_attempt,
+    mark_dispatched,
     record_epoch,
+    release_job,
     renew_lease,
 )
 from shared.messages import (
@@ -22,6 +24,7 @@ from shared.messages import (
     ClaimRequest,
     EpochReport,
     FinishReport,
+    HandBack,
     Heartbeat,
 )
 from shared.spec import JobSpec
@@ -85,4 +88,20 @@ def finish(job_id: str, report: FinishReport, session: SessionDep) -> AttemptAns
         return CANCELLED
     finish_job(session, job, report)
     session.commit()
+    return CARRY_ON
+
+
+@router.post("/{job_id}/release", response_model=AttemptAnswer)
+def release(
+    job_id: str, report: HandBack, session: SessionDep, dispatcher: DispatcherDep
+) -> AttemptAnswer:
+    """The worker is shutting down: the job is queued again, for the next attempt to resume
+    from its last checkpoint. A handed-back attempt does not count against max_attempts."""
+    job = holding_attempt(session, job_id, report)
+    if job is None:
+        return CANCELLED
+    release_job(session, job, report.attempt)
+    session.commit()
+    if dispatcher.send(job_id):
+        mark_dispatched(session, job_id)
     return CARRY_ON

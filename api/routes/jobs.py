@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
 from api.errors import CheckpointNotFound
 from api.ledger import (
+    attempts_of,
     cancel_job,
     checkpoints_of,
     create_job,
@@ -40,7 +41,12 @@ EVENT_POLL_SECONDS = 1.0
 
 
 def public(session: Session, job: Job) -> JobPublic:
-    return JobPublic.build(job, latest_metrics(session, job.id), checkpoints_of(session, job.id))
+    return JobPublic.build(
+        job,
+        latest_metrics(session, job.id),
+        checkpoints_of(session, job.id),
+        attempts_of(session, job.id),
+    )
 
 
 @router.post(

@@ -2,17 +2,16 @@
 
 It knows nothing of Celery or HTTP. After each epoch it writes a checkpoint
 and hands the epoch's metrics and checkpoint to the reporter; between batches
-it asks the reporter whether to stop.
+it asks the reporter whether to stop. Given a checkpoint's state it resumes
+after that epoch exactly as if it had never stopped: the model, optimizer,
+schedule and random number generators all continue from where they were.
 """
 
-import hashlib
 import logging
 import math
-import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 from shared.messages import CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
 from worker.training.augment import BatchAugmenter
+from worker.training.checkpoints import Checkpointing
 from worker.training.data import InputTransform, MnistTensors, Split
 from worker.training.model import build_for_training
 from worker.training.optimizers import build_optimizer
@@ -33,6 +33,11 @@ EVAL_BATCH_SIZE = 2000
 
 class Reporter(Protocol):
     def should_stop(self) -> bool: ...
+
+    def handback_deadline(self) -> float | None:
+        """A time.monotonic() by which to hand the job back (the worker is shutting down),
+        or None."""
+        ...
 
     def epoch_finished(
         self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None
@@ -47,37 +52,19 @@ class TrainingStopped(Exception):
     """The reporter asked the loop to stop (the job was cancelled or its lease lost)."""
 
 
+class TrainingHandedBack(Exception):
+    """The worker is shutting down: training stopped after its last checkpoint, so that
+    another attempt resumes from there."""
+
+    def __init__(self, epochs_completed: int) -> None:
+        super().__init__(f"handed back after {epochs_completed} epochs")
+        self.epochs_completed = epochs_completed
+
+
 @dataclass
 class TrainingResult:
     epochs_completed: int
     final: EpochMetrics | None
-
-
-@dataclass
-class Checkpointing:
-    """Where the loop writes checkpoints: artifact_root / job_id / epoch-NNN.pt."""
-
-    artifact_root: Path
-    job_id: str
-
-    def write(self, epoch: int, state: dict[str, Any], test_accuracy: float) -> CheckpointRecord:
-        name = f"epoch-{epoch:03d}.pt"
-        relative = f"{self.job_id}/{name}"
-        final_path = self.artifact_root / relative
-        final_path.parent.mkdir(parents=True, exist_ok=True)
-        # Written under a temporary name and renamed, so a reader never sees half a file.
-        partial = final_path.with_name(f".{name}.{os.getpid()}.partial")
-        torch.save(state, partial)
-        payload = partial.read_bytes()
-        os.replace(partial, final_path)
-        return CheckpointRecord(
-            name=name,
-            path=relative,
-            epoch=epoch,
-            test_accuracy=test_accuracy,
-            sha256=hashlib.sha256(payload).hexdigest(),
-            bytes=len(payload),
-        )
 
 
 def pick_device() -> torch.device:
@@ -159,13 +146,38 @@ class Setup:
         )
 
 
+def capture_rng(shuffler: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffler": shuffler.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(shuffler: torch.Generator, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffler.set_state(state["shuffler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _epoch_fits(deadline: float, started: float, batches_done: int, batches: int) -> bool:
+    """Whether the rest of the epoch, and its evaluation, likely end before `deadline`."""
+    if batches_done == 0:
+        return False
+    per_batch = (time.perf_counter() - started) / batches_done
+    # Evaluation costs roughly a tenth of an epoch's training on MNIST.
+    return time.monotonic() + per_batch * (batches - batches_done) * 1.1 < deadline
+
+
 def train(
     spec: JobSpec,
     data: MnistTensors,
     reporter: Reporter,
     checkpointing: Checkpointing | None = None,
     device: torch.device | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TrainingResult:
+    """Trains `spec` from scratch, or from the checkpoint state `resume` onwards."""
     device = device or pick_device()
     setup = Setup.from_spec(spec, data, device)
     shuffler, train_split, test_split = setup.shuffler, setup.train_split, setup.test_split
@@ -173,8 +185,19 @@ def train(
     loss_fn = setup.loss_fn
     lr_control = LearningRateController(optimizer, spec, len(train_split))
 
+    first_epoch = 0
     final: EpochMetrics | None = None
-    for epoch in range(spec.epochs):
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        # Schedules first: building one may move the lr, which the optimizer's state puts back.
+        lr_control.load_state_dict(resume["lr_control"])
+        optimizer.load_state_dict(resume["optimizer"])
+        restore_rng(shuffler, resume["rng"])
+        first_epoch = int(resume["epoch"]) + 1
+        final = EpochMetrics.model_validate(resume["metrics"])
+        log.info("resuming after epoch %d", first_epoch - 1)
+
+    for epoch in range(first_epoch, spec.epochs):
         batch_size = spec.batch_size_for_epoch(epoch)
         epoch_lr = lr_control.lr
         started = time.perf_counter()
@@ -183,9 +206,13 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
-        for index in range(batches_per_epoch(len(train_split), batch_size)):
+        batches = batches_per_epoch(len(train_split), batch_size)
+        for index in range(batches):
             if reporter.should_stop():
                 raise TrainingStopped
+            handback_by = reporter.handback_deadline()
+            if handback_by is not None and not _epoch_fits(handback_by, started, index, batches):
+                raise TrainingHandedBack(epoch)
             batch = order[index * batch_size : (index + 1) * batch_size]
             images = transform(train_split.images[batch], train=True)
             labels = train_split.labels[batch]
@@ -220,19 +247,23 @@ def train(
         )
         checkpoint = None
         if checkpointing is not None:
+            # Everything the next epoch depends on; the batch size follows from the epoch.
             checkpoint = checkpointing.write(
                 epoch,
                 {
                     "epoch": epoch,
+                    "batch_size": batch_size,
                     "spec": spec.model_dump(mode="json"),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "lr_control": lr_control.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "shuffler": shuffler.get_state()},
+                    "rng": capture_rng(shuffler),
                     "metrics": final.model_dump(),
                 },
                 test_accuracy,
             )
         log.info("epoch %d: test accuracy %.4f, %.1f s", epoch, test_accuracy, final.epoch_seconds)
         reporter.epoch_finished(final, checkpoint)
+        if reporter.handback_deadline() is not None and epoch + 1 < spec.epochs:
+            raise TrainingHandedBack(epoch + 1)
     return TrainingResult(epochs_completed=spec.epochs, final=final)

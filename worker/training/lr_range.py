@@ -12,7 +12,7 @@ import torch
 from shared.messages import LrRangePoint, LrRangeResult
 from shared.spec import JobSpec
 from worker.training.data import MnistTensors
-from worker.training.loop import Reporter, Setup, TrainingStopped
+from worker.training.loop import Reporter, Setup, TrainingHandedBack, TrainingStopped
 
 
 def suggest(points: list[LrRangePoint]) -> tuple[float | None, float | None]:
@@ -52,6 +52,8 @@ def lr_range_test(
     for step in range(settings.steps):
         if reporter.should_stop():
             raise TrainingStopped
+        if reporter.handback_deadline() is not None:
+            raise TrainingHandedBack(0)  # a few hundred batches: the next attempt starts over
         if position + batch_size > len(order):
             order = torch.randperm(len(train_split), generator=shuffler).to(device)
             position = 0

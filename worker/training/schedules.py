@@ -142,12 +142,17 @@ class LearningRateController:
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps_taken": self.steps_taken,
+            "warmup": self.warmup.state_dict() if self.warmup is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Call before the optimizer's load_state_dict: the lr lives in its param groups, and
+        building the main schedule here may move it."""
         self.steps_taken = state["steps_taken"]
-        if self.steps_taken >= self.warmup_steps and self.warmup is not None:
+        if self.warmup is not None and state.get("warmup") is not None:
+            self.warmup.load_state_dict(state["warmup"])
+        elif self.warmup is not None:
             self.warmup = None
             self.scheduler = self._build_main(self.schedule.warmup_epochs)
         if self.scheduler is not None and state["scheduler"] is not None:

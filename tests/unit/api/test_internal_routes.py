@@ -44,6 +44,54 @@ class TestClaim:
         assert (first["attempt"], second["attempt"]) == (1, 2)
         # The first attempt's writes are refused from now on.
         assert worker.post_epoch(job["id"], first, 0).status_code == 409
+        history = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["attempt_history"]
+        assert [(row["worker"], row["outcome"]) for row in history] == [
+            ("node-1", "lease_expired"),
+            ("node-2", "running"),
+        ]
+
+    def test_a_resuming_attempt_starts_after_the_recorded_epochs_with_their_checkpoints(
+        self, client, auth, worker_auth
+    ):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        first = worker.attempt(job["id"], "node-1")
+        for epoch in range(2):
+            worker.post_epoch(
+                job["id"], first, epoch, checkpoint=checkpoint_record(job["id"], epoch)
+            )
+        worker.release(job["id"], first)
+        claim = worker.claim(job["id"], "node-2").json()
+        assert [record["epoch"] for record in claim["checkpoints"]] == [0, 1]
+        history = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["attempt_history"]
+        assert [(row["start_epoch"], row["outcome"]) for row in history] == [
+            (0, "handed_back"),
+            (2, "running"),
+        ]
+
+
+class TestRelease:
+    def test_a_handed_back_job_is_queued_and_sent_again(
+        self, client, auth, worker_auth, dispatcher
+    ):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        assert worker.release(job["id"], attempt).json() == {"cancelled": False}
+        fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+        assert (fetched["status"], fetched["worker"]) == ("queued", None)
+        assert dispatcher.sent == [job["id"], job["id"]]
+        # The released attempt is over: its later writes are refused.
+        assert worker.post_epoch(job["id"], attempt, 0).status_code == 409
+        assert worker.attempt(job["id"])["attempt"] == 2
+
+    def test_a_cancelled_job_is_not_queued_again(self, client, auth, worker_auth):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        attempt = worker.attempt(job["id"])
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+        assert worker.release(job["id"], attempt).json() == {"cancelled": True}
+        assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "cancelled"
 
 
 class TestEpochPosts:
@@ -72,6 +120,22 @@ class TestEpochPosts:
         worker = WorkerCalls(client, worker_auth)
         response = worker.post_epoch(job["id"], worker.attempt(job["id"]), 0, test_accuracy=2.0)
         assert response.status_code == 422
+
+    def test_a_checkpoint_written_again_by_a_later_attempt_gets_its_new_sha256(
+        self, client, auth, worker_auth
+    ):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        first = worker.attempt(job["id"])
+        worker.post_epoch(job["id"], first, 0, checkpoint=checkpoint_record(job["id"], 0, "a" * 64))
+        worker.release(job["id"], first)
+        second = worker.attempt(job["id"])
+        rewritten = checkpoint_record(job["id"], 0, "b" * 64, size=20)
+        assert worker.post_epoch(job["id"], second, 0, checkpoint=rewritten).status_code == 200
+        items = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()["items"]
+        assert [(item["sha256"], item["bytes"]) for item in items] == [("b" * 64, 20)]
+        metrics = client.get(f"/v1/jobs/{job['id']}/metrics", headers=auth).json()["items"]
+        assert len(metrics) == 1
 
 
 class TestFinish:

@@ -59,4 +59,61 @@ class TestSweep:
         fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
         assert fetched["status"] == "failed"
         assert fetched["error"]["type"] == "max_attempts"
-        assert "2 attempts" in fetched["error"]["message"]
+        message = fetched["error"]["message"]
+        assert "2 attempts" in message
+        assert "attempt 1 on node-1 from epoch 0: lease expired" in message
+        assert "attempt 2 on node-1 from epoch 0: lease expired" in message
+        assert [row["outcome"] for row in fetched["attempt_history"]] == ["lease_expired"] * 2
+
+    def test_handed_back_attempts_do_not_count_against_max_attempts(
+        self, client, auth, engine, dispatcher, worker_auth, settings
+    ):
+        job = submit(client, auth)
+        worker = WorkerCalls(client, worker_auth)
+        for _ in range(3):
+            assert worker.release(job["id"], worker.attempt(job["id"])).status_code == 200
+        worker.attempt(job["id"])
+        with Session(engine) as session:
+            counts = sweep(session, dispatcher, 2, now=after_the_lease(settings))
+        assert counts.requeued == 1  # one lost attempt of two allowed
+        fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+        assert [row["outcome"] for row in fetched["attempt_history"]] == [
+            "handed_back",
+            "handed_back",
+            "handed_back",
+            "lease_expired",
+        ]
+
+
+class TestRedispatch:
+    def test_an_unclaimed_job_is_sent_again_with_growing_waits(
+        self, client, auth, engine, dispatcher
+    ):
+        job = submit(client, auth)
+        sent_at = job_row(engine, job["id"]).dispatched_at
+        assert sent_at is not None
+
+        def sends_at(seconds_later: float) -> int:
+            with Session(engine) as session:
+                return sweep(
+                    session,
+                    dispatcher,
+                    3,
+                    now=utcnow() + timedelta(seconds=seconds_later),
+                    redispatch_seconds=10,
+                ).resent
+
+        assert sends_at(5) == 0  # still within the first wait
+        assert sends_at(11) == 1  # the broker may have lost it: sent again
+        assert sends_at(11 + 15) == 0  # the next wait is twice as long
+        assert sends_at(11 + 21) == 1
+        assert dispatcher.sent == [job["id"]] * 3
+        assert job_row(engine, job["id"]).dispatches == 3
+
+    def test_a_claimed_job_is_not_sent_again(self, client, auth, engine, dispatcher, worker_auth):
+        job = submit(client, auth)
+        WorkerCalls(client, worker_auth).attempt(job["id"])
+        with Session(engine) as session:
+            later = utcnow() + timedelta(seconds=60)  # past the wait, within the lease
+            assert sweep(session, dispatcher, 3, now=later, redispatch_seconds=10).resent == 0
+        assert dispatcher.sent == [job["id"]]

@@ -69,6 +69,11 @@ class WorkerCalls:
             f"/internal/v1/jobs/{job_id}/heartbeat", json=attempt, headers=self.headers
         )
 
+    def release(self, job_id: str, attempt: dict[str, Any]) -> Any:
+        return self.client.post(
+            f"/internal/v1/jobs/{job_id}/release", json=attempt, headers=self.headers
+        )
+
     def finish(
         self,
         job_id: str,

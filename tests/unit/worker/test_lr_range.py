@@ -28,6 +28,9 @@ class Never:
     def should_stop(self) -> bool:
         return False
 
+    def handback_deadline(self) -> float | None:
+        return None
+
     def epoch_finished(self, metrics, checkpoint) -> None:
         raise AssertionError("an LR range test has no epochs")
 
@@ -75,6 +78,9 @@ class TestLrRangeTest:
         class Cancelled(Never):
             def should_stop(self) -> bool:
                 return True
+
+            def handback_deadline(self) -> float | None:
+                return None
 
         with pytest.raises(TrainingStopped):
             lr_range_test(range_job(steps=10), mnist, Cancelled(), torch.device("cpu"))

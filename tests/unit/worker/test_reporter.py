@@ -4,7 +4,7 @@ import threading
 import httpx
 import pytest
 
-from shared.messages import Claim, EpochMetrics, JobError
+from shared.messages import Claim, EpochMetrics, JobError, JobResult, LrRangeResult
 from shared.spec import JobSpec
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 from worker.reporter import AttemptReporter
@@ -86,31 +86,60 @@ class TestApiClient:
         assert len(api.requests) == 1
 
 
+def reporter_for(api: FakeApi, heartbeat_seconds: float = 60) -> AttemptReporter:
+    return AttemptReporter(api.client(), claim(), heartbeat_seconds)
+
+
 class TestAttemptReporter:
     def test_posts_each_epoch_with_its_attempt_and_token(self):
         api = FakeApi()
-        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
-        reporter.epoch_finished(metrics(0), None)
-        reporter.epoch_finished(metrics(1), None)
-        assert [r.url.path for r in api.requests] == ["/internal/v1/jobs/job_1/epochs"] * 2
-        bodies = api.bodies()
-        assert [b["metrics"]["epoch"] for b in bodies] == [0, 1]
-        assert {(b["attempt"], b["lease_token"]) for b in bodies} == {(2, "t" * 32)}
-        assert not reporter.should_stop()
+        with reporter_for(api) as reporter:
+            reporter.epoch_finished(metrics(0), None)
+            reporter.epoch_finished(metrics(1), None)
+            reporter.flush()
+            assert [r.url.path for r in api.requests] == ["/internal/v1/jobs/job_1/epochs"] * 2
+            bodies = api.bodies()
+            assert [b["metrics"]["epoch"] for b in bodies] == [0, 1]
+            assert {(b["attempt"], b["lease_token"]) for b in bodies} == {(2, "t" * 32)}
+            assert not reporter.should_stop()
+
+    def test_training_goes_on_while_the_api_is_down_and_epochs_arrive_in_order(self):
+        api_back = threading.Event()
+        delivered: list[int] = []
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            if not api_back.is_set():
+                raise httpx.ConnectError("down")
+            delivered.append(json.loads(request.content)["metrics"]["epoch"])
+            return httpx.Response(200, json={"cancelled": False})
+
+        client = ApiClient(
+            "http://api", "t", retry_seconds=30, transport=httpx.MockTransport(answer)
+        )
+        with AttemptReporter(client, claim(), heartbeat_seconds=60) as reporter:
+            for epoch in range(3):
+                reporter.epoch_finished(metrics(epoch), None)  # returns at once, API or not
+            assert delivered == []
+            api_back.set()
+            reporter.flush()
+            assert delivered == [0, 1, 2]
+            assert not reporter.should_stop()
 
     def test_a_cancel_in_the_answer_stops_training(self):
         api = FakeApi(httpx.Response(200, json={"cancelled": True}))
-        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
-        reporter.epoch_finished(metrics(0), None)
-        assert reporter.should_stop()
-        assert reporter.cancelled.is_set()
+        with reporter_for(api) as reporter:
+            reporter.epoch_finished(metrics(0), None)
+            reporter.flush()
+            assert reporter.should_stop()
+            assert reporter.cancelled.is_set()
 
     def test_a_lost_lease_stops_training_and_silences_the_finish(self):
         api = FakeApi(httpx.Response(409, json={"detail": "stale"}))
-        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
-        reporter.epoch_finished(metrics(0), None)
-        assert reporter.lost.is_set() and reporter.should_stop()
-        reporter.finish("succeeded")
+        with reporter_for(api) as reporter:
+            reporter.epoch_finished(metrics(0), None)
+            reporter.flush()
+            assert reporter.lost.is_set() and reporter.should_stop()
+            reporter.finish("succeeded")
         assert len(api.requests) == 1
 
     def test_the_heartbeat_hears_a_cancel_between_epochs(self):
@@ -125,11 +154,35 @@ class TestAttemptReporter:
             assert cancelled.wait(5)
             assert reporter.cancelled.wait(5)
 
-    def test_finish_reports_the_error(self):
+    def test_an_orphaned_training_process_stops(self):
         api = FakeApi()
-        reporter = AttemptReporter(api.client(), claim(), heartbeat_seconds=60)
-        reporter.finish("failed", JobError(type="diverged", message="lower the lr"))
-        assert api.bodies()[0]["error"] == {"type": "diverged", "message": "lower the lr"}
+        with reporter_for(api, heartbeat_seconds=0.05) as reporter:
+            reporter._parent = -1  # as if the worker's main process had died
+            assert reporter.lost.wait(5)
+            assert reporter.should_stop()
+
+    def test_finish_delivers_pending_epochs_first_and_reports_error_and_result(self):
+        api = FakeApi()
+        curve = JobResult(
+            lr_range_test=LrRangeResult(
+                points=[], suggested_lr=0.1, min_loss_lr=0.3, diverged_at_lr=None
+            )
+        )
+        with reporter_for(api) as reporter:
+            reporter.epoch_finished(metrics(0), None)
+            reporter.finish("failed", JobError(type="diverged", message="lower the lr"), curve)
+        assert [r.url.path.rsplit("/", 1)[1] for r in api.requests] == ["epochs", "finish"]
+        finish = api.bodies()[1]
+        assert finish["error"] == {"type": "diverged", "message": "lower the lr"}
+        assert finish["result"]["lr_range_test"]["suggested_lr"] == 0.1
+
+    def test_a_handback_follows_the_last_epoch(self):
+        api = FakeApi()
+        with reporter_for(api) as reporter:
+            reporter.epoch_finished(metrics(0), None)
+            reporter.hand_back(retry_seconds=5)
+        assert [r.url.path.rsplit("/", 1)[1] for r in api.requests] == ["epochs", "release"]
+        assert api.bodies()[1] == {"attempt": 2, "lease_token": "t" * 32}
 
 
 class TestDescribeFailure:

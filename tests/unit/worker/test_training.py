@@ -12,8 +12,9 @@ from torch.optim import SGD, Optimizer, lr_scheduler
 from shared.messages import CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
 from tests.mnist_fixtures import write_synthetic_mnist
+from worker.training.checkpoints import Checkpointing
 from worker.training.data import MNIST_MEAN, MNIST_STD, InputTransform, MnistTensors, load_mnist
-from worker.training.loop import Checkpointing, TrainingStopped, mixed_precision, train
+from worker.training.loop import TrainingStopped, mixed_precision, train
 from worker.training.model import build_model
 from worker.training.optimizers import build_optimizer
 from worker.training.schedules import LearningRateController, batches_per_epoch
@@ -60,6 +61,9 @@ class RecordingReporter:
     def should_stop(self) -> bool:
         self.stop_questions += 1
         return self.stop_after is not None and self.stop_questions > self.stop_after
+
+    def handback_deadline(self) -> float | None:
+        return None
 
     def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
         self.rows.append(metrics)

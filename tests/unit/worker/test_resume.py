@@ -1,0 +1,164 @@
+"""Resuming from a checkpoint ends exactly where an uninterrupted run ends, on CPU."""
+
+import hashlib
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from shared.messages import CheckpointRecord, EpochMetrics
+from tests.mnist_fixtures import write_synthetic_mnist
+from tests.unit.worker.test_training import CPU, RecordingReporter, small_job, small_layers
+from worker.training.checkpoints import Checkpointing, CheckpointUnusable, load_checkpoint
+from worker.training.data import MnistTensors, load_mnist
+from worker.training.loop import TrainingHandedBack, train
+
+EPOCHS = 4
+
+
+class WorkerKilled(Exception):
+    """Stands for a SIGKILL right after an epoch was reported."""
+
+
+@dataclass
+class KilledAfter(RecordingReporter):
+    kill_after_epoch: int = 0
+
+    def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
+        super().epoch_finished(metrics, checkpoint)
+        if metrics.epoch == self.kill_after_epoch:
+            raise WorkerKilled
+
+
+@dataclass
+class ShuttingDown(RecordingReporter):
+    """A SIGTERM that arrives after `after_batches` batches, with `grace` seconds to go."""
+
+    after_batches: int = 0
+    grace: float = 0.0
+    deadline: float | None = None
+
+    def handback_deadline(self) -> float | None:
+        if self.deadline is None and self.stop_questions > self.after_batches:
+            self.deadline = time.monotonic() + self.grace
+        return self.deadline
+
+
+@pytest.fixture
+def mnist(tmp_path: Path) -> MnistTensors:
+    data_dir = tmp_path / "data"
+    write_synthetic_mnist(data_dir, train=512, test=256)
+    return load_mnist(data_dir)
+
+
+def dropout_layers() -> list[dict[str, Any]]:
+    return [*small_layers()[:-1], {"type": "dropout", "p": 0.2}, small_layers()[-1]]
+
+
+# Each one exercises a different part of the saved state: batch-wise and epoch-wise
+# schedules, a warm-up cut in the middle, momentum, dropout's and augmentation's RNG, and a
+# batch size that changes after the interruption.
+RESUMABLE_SPECS = {
+    "onecycle-sgd-momentum": {
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+        "schedule": {"name": "onecycle", "max_lr": 0.1},
+    },
+    "step-adam-dropout": {
+        "model": {"layers": dropout_layers()},
+        "schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
+    },
+    "cosine-warmup-augment": {
+        "schedule": {"name": "cosine", "warmup_epochs": 2},
+        "data": {"train_subset": 384, "augment": {"rotation_degrees": 10, "translate": 0.1}},
+    },
+    "plateau-batch-size-schedule": {
+        "optimizer": {"name": "rmsprop", "lr": 0.001},
+        "schedule": {"name": "plateau", "patience": 0},
+        "batch_size_schedule": [{"epoch": 0, "batch_size": 64}, {"epoch": 2, "batch_size": 32}],
+    },
+}
+
+
+class TestResume:
+    @pytest.mark.parametrize("fields", RESUMABLE_SPECS.values(), ids=RESUMABLE_SPECS.keys())
+    def test_interrupted_and_resumed_ends_with_the_same_metrics(self, mnist, tmp_path, fields):
+        spec = small_job(epochs=EPOCHS, **fields)
+        straight = RecordingReporter()
+        train(spec, mnist, straight, Checkpointing(tmp_path / "straight", "job"), device=CPU)
+
+        checkpointing = Checkpointing(tmp_path / "interrupted", "job")
+        first = KilledAfter(kill_after_epoch=1)
+        with pytest.raises(WorkerKilled):
+            train(spec, mnist, first, checkpointing, device=CPU)
+        records = [record for record in first.checkpoints if record is not None]
+        newest = checkpointing.newest_usable(records)
+        assert newest is not None and newest[0].epoch == 1
+        second = RecordingReporter()
+        train(spec, mnist, second, checkpointing, device=CPU, resume=newest[1])
+
+        assert [row.epoch for row in second.rows] == [2, 3]
+        for resumed, reference in zip(second.rows, straight.rows[2:], strict=True):
+            assert resumed.model_dump(exclude={"epoch_seconds", "images_per_second"}) == (
+                reference.model_dump(exclude={"epoch_seconds", "images_per_second"})
+            )
+
+    def test_a_corrupt_newest_checkpoint_is_skipped(self, mnist, tmp_path):
+        checkpointing = Checkpointing(tmp_path, "job")
+        reporter = RecordingReporter()
+        train(small_job(epochs=3), mnist, reporter, checkpointing, device=CPU)
+        records = [record for record in reporter.checkpoints if record is not None]
+        newest_path = tmp_path / records[-1].path
+        newest_path.write_bytes(newest_path.read_bytes()[:100])  # a half-written file
+        newest = checkpointing.newest_usable(records)
+        assert newest is not None
+        assert newest[0].epoch == 1 and newest[1]["epoch"] == 1
+
+    def test_a_record_pointing_outside_the_job_folder_is_skipped(self, tmp_path):
+        checkpointing = Checkpointing(tmp_path / "artifacts", "job")
+        elsewhere = Checkpointing(tmp_path / "artifacts", "other-job")
+        record = elsewhere.write(0, {"weights": torch.ones(1)}, test_accuracy=0.5)
+        assert checkpointing.newest_usable([record]) is None
+
+
+class TestLoadCheckpoint:
+    def test_refuses_bytes_that_do_not_match_the_recorded_sha256(self, tmp_path):
+        record = Checkpointing(tmp_path, "job").write(0, {"w": torch.ones(1)}, 0.5)
+        with pytest.raises(CheckpointUnusable, match="SHA-256"):
+            load_checkpoint(tmp_path / record.path, "0" * 64)
+
+    def test_refuses_a_missing_file(self, tmp_path):
+        with pytest.raises(CheckpointUnusable, match="cannot be read"):
+            load_checkpoint(tmp_path / "nothing.pt", "0" * 64)
+
+    def test_refuses_a_pickle_that_is_not_plain_weights(self, tmp_path):
+        planted = tmp_path / "planted.pt"
+        planted.write_bytes(pickle.dumps({"weights": Path("/")}))
+        sha256 = hashlib.sha256(planted.read_bytes()).hexdigest()
+        with pytest.raises(CheckpointUnusable, match="not a loadable checkpoint"):
+            load_checkpoint(planted, sha256)
+
+
+class TestHandback:
+    def test_stops_before_training_when_the_epoch_cannot_finish_in_time(self, mnist):
+        reporter = ShuttingDown(after_batches=3, grace=0.0)
+        with pytest.raises(TrainingHandedBack) as handed_back:
+            train(small_job(), mnist, reporter, device=CPU)
+        assert reporter.stop_questions == 4
+        assert handed_back.value.epochs_completed == 0
+        assert reporter.rows == []
+
+    def test_finishes_and_reports_the_epoch_when_it_fits_in_the_grace_period(self, mnist):
+        reporter = ShuttingDown(after_batches=3, grace=600)
+        with pytest.raises(TrainingHandedBack) as handed_back:
+            train(small_job(epochs=3), mnist, reporter, device=CPU)
+        assert handed_back.value.epochs_completed == 1
+        assert [row.epoch for row in reporter.rows] == [0]
+
+    def test_a_job_that_ends_with_the_epoch_is_not_handed_back(self, mnist):
+        reporter = ShuttingDown(after_batches=3, grace=600)
+        result = train(small_job(epochs=1), mnist, reporter, device=CPU)
+        assert result.epochs_completed == 1

@@ -1,0 +1,52 @@
+"""SIGTERM in a training process: finish the epoch if it fits in the grace period, else stop
+at the next batch; either way the job is handed back to resume from its last checkpoint.
+
+Celery's warm shutdown waits for running tasks to end, which for a training job could be
+hours, so the worker's main process passes SIGTERM on to its pool processes, where this
+handler turns it into a deadline the training loop reads between batches.
+"""
+
+import logging
+import os
+import signal
+import time
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+_grace_seconds = 30.0
+_deadline: float | None = None
+
+
+def handback_deadline() -> float | None:
+    """The time.monotonic() by which the running job should be handed back, or None."""
+    return _deadline
+
+
+def request_handback(grace_seconds: float | None = None) -> None:
+    global _deadline
+    if _deadline is None:
+        _deadline = time.monotonic() + (_grace_seconds if grace_seconds is None else grace_seconds)
+
+
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    request_handback()
+    # Only async-signal-safe work here: os.write, not logging, which takes locks.
+    os.write(2, f"training process {os.getpid()}: SIGTERM, handing the job back\n".encode())
+
+
+def install_sigterm_handler(grace_seconds: float) -> None:
+    """For a pool process: SIGTERM means "hand the job back", not "die now"."""
+    global _grace_seconds, _deadline
+    _grace_seconds, _deadline = grace_seconds, None
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def forward_sigterm(pids: list[int]) -> None:
+    """For the worker's main process: tell each pool process to hand its job back."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        log.info("asked training process %d to hand its job back", pid)
