@@ -11,6 +11,7 @@ from sqlmodel import Session
 from api.dispatch import Dispatcher
 from api.errors import JobNotFound, Unauthorized
 from api.keys import tenant_for_key
+from api.limits import RateLimiter, enforce_rate_limit
 from api.models import Job, Tenant
 from shared.settings import Settings
 
@@ -44,12 +45,15 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 WorkerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(worker_bearer)]
 
 
-def current_tenant(session: SessionDep, credentials: Credentials) -> Tenant:
+def current_tenant(request: Request, session: SessionDep, credentials: Credentials) -> Tenant:
     if credentials is None:
         raise Unauthorized("send your API key as `Authorization: Bearer <key>`")
     tenant = tenant_for_key(session, credentials.credentials)
     if tenant is None:
         raise Unauthorized("this API key is not valid or has been revoked")
+    # Counted per key, by its visible prefix (tlk_<prefix>_<secret>), once it is known valid.
+    limiter: RateLimiter = request.app.state.rate_limiter
+    enforce_rate_limit(limiter, credentials.credentials.split("_", 2)[1])
     return tenant
 
 

@@ -20,10 +20,14 @@ class TunelabError(Exception):
     code: str = "bad-request"
     title: str = "Bad request"
 
-    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, detail: str, headers: dict[str, str] | None = None, **extensions: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers
+        # Extra members of the problem body, for a client to act on without parsing `detail`.
+        self.extensions = extensions
 
 
 class Unauthorized(TunelabError):
@@ -61,6 +65,28 @@ class IdempotencyConflict(TunelabError):
     status, code, title = 409, "idempotency-conflict", "Idempotency-Key reused with another body"
 
 
+class BodyTooLarge(TunelabError):
+    status, code, title = 413, "body-too-large", "Request body too large"
+
+
+class RateLimited(TunelabError):
+    status, code, title = 429, "rate-limited", "Too many requests"
+
+
+class TooManyJobs(TunelabError):
+    status, code, title = 429, "too-many-jobs", "Too many queued and running jobs"
+
+
+def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": f"urn:tunelab:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+
+
 def problem(
     status: int,
     code: str,
@@ -69,13 +95,7 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body = {
-        "type": f"urn:tunelab:problem:{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
+    body = problem_body(status, code, title, detail, **extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -131,7 +151,9 @@ def spec_problems(problems: list[Problem]) -> list[dict[str, str]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TunelabError)
     async def _domain(_request: Request, error: TunelabError) -> JSONResponse:
-        return problem(error.status, error.code, error.title, error.detail, error.headers)
+        return problem(
+            error.status, error.code, error.title, error.detail, error.headers, **error.extensions
+        )
 
     @app.exception_handler(SpecRejected)
     async def _spec(_request: Request, error: SpecRejected) -> JSONResponse:
@@ -156,7 +178,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed"}.get(error.status_code, "Error")
+        title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(
+            error.status_code, "Error"
+        )
         return problem(
             error.status_code,
             title.lower().replace(" ", "-"),
@@ -174,3 +198,94 @@ def install_error_handlers(app: FastAPI) -> None:
             "Internal error",
             "The server failed to handle this request; it has been logged.",
         )
+
+
+# What the OpenAPI document says about errors: every error is problem+json.
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem detail; validation errors name each bad field.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message", "type"],
+                "properties": {
+                    "field": {"type": "string", "description": "JSON path, e.g. model.layers[2]"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+PROBLEM_DESCRIPTIONS = {
+    400: "The body could not be read",
+    401: "Missing, invalid or revoked credentials",
+    404: "No such resource (another tenant's is not found either)",
+    409: "Conflicts with the resource's state",
+    413: "The request body is too large",
+    422: "The request is not valid; `errors` names each bad field and what is allowed",
+    429: "Too many requests or jobs; retry after `Retry-After` seconds",
+}
+PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+    429: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "schema": {"type": "integer", "minimum": 1},
+            "required": True,
+        }
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries for a route that can answer these statuses with a problem."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": PROBLEM_DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}},
+        }
+        if status in PROBLEM_HEADERS:
+            response["headers"] = PROBLEM_HEADERS[status]
+        responses[status] = response
+    return responses
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Adds the errors every route shares to the OpenAPI document, in place.
+
+    FastAPI documents its own 422 body; this service answers every error as problem+json,
+    so the 422s are rewritten, and the statuses that come from middleware and dependencies
+    (401, 404, 413, 429) are added where they can happen.
+    """
+    for path, operations in openapi.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            statuses = []
+            if operation.get("security"):
+                statuses.append(401)
+            if any(parameter["in"] == "path" for parameter in operation.get("parameters", [])):
+                statuses.append(404)
+            if "requestBody" in operation:
+                statuses += [400, 413, 422]
+            if "422" in responses:
+                statuses.append(422)
+            if path.startswith("/v1/"):
+                statuses.append(429)
+            for status, response in problem_responses(*statuses).items():
+                responses[str(status)] = response
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Problem"] = PROBLEM_SCHEMA
+    return openapi

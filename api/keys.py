@@ -39,12 +39,15 @@ def tenant_for_key(session: Session, key: str) -> Tenant | None:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_SCHEME:
         return None
-    row = session.exec(select(ApiKey).where(ApiKey.prefix == parts[1])).first()
-    if row is None or row.revoked_at is not None:
+    found = session.exec(
+        select(ApiKey, Tenant).where(ApiKey.prefix == parts[1], ApiKey.tenant_id == Tenant.id)
+    ).first()
+    if found is None:
         return None
-    if not hmac.compare_digest(row.key_hash, hash_key(key)):
+    row, tenant = found
+    if row.revoked_at is not None or not hmac.compare_digest(row.key_hash, hash_key(key)):
         return None
-    return session.get(Tenant, row.tenant_id)
+    return tenant
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, Tenant]]:

@@ -3,13 +3,15 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api.db import make_engine
 from api.dispatch import CeleryDispatcher, Dispatcher
-from api.errors import install_error_handlers
+from api.errors import document_problems, install_error_handlers, problem_responses
+from api.limits import BodySizeLimit, NulInUrl, RateLimiter, make_rate_limiter
 from api.routes import architectures, health, internal, jobs
 from api.sweeper import Sweeper
 from shared.settings import Settings, get_settings
@@ -36,20 +38,39 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     if sweeper is not None:
         sweeper.stop()
+    app.state.rate_limiter.close()
 
 
 def create_app(
     settings: Settings | None = None,
     engine: Engine | None = None,
     dispatcher: Dispatcher | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="Tunelab", version="1.0.0", description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
+    app.state.rate_limiter = rate_limiter or make_rate_limiter(settings)
+    app.add_middleware(NulInUrl)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
-    for module in (jobs, architectures, internal, health):
+    for module in (jobs, architectures, health):
         app.include_router(module.router)
+    # Every worker post may find that its attempt no longer holds the job.
+    app.include_router(internal.router, responses=problem_responses(409))
+    _document_problems(app)
     logging.getLogger(__name__).info("Tunelab API ready")
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -4,22 +4,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.spec import JobSpec
+from shared.spec import PRINTABLE, JobSpec
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A non-finite metric cannot be stored (SQLite keeps NaN as NULL) nor read back as JSON.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# The database's integer columns are 32-bit.
+MAX_INT32 = 2**31 - 1
 
 
 class EpochMetrics(Message):
-    epoch: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=MAX_INT32)
     train_loss: float
     train_accuracy: float = Field(ge=0.0, le=1.0)
     test_loss: float
     test_accuracy: float = Field(ge=0.0, le=1.0)
     # The lr and batch size the epoch started with.
     lr: float
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, le=MAX_INT32)
     epoch_seconds: float = Field(ge=0.0)
     images_per_second: float = Field(ge=0.0)
 
@@ -29,14 +34,14 @@ class CheckpointRecord(Message):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # Relative to the artifact dir: "{job_id}/{name}".
     path: str = Field(min_length=1, max_length=500)
-    epoch: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=MAX_INT32)
     test_accuracy: float | None = None
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    bytes: int = Field(ge=0)
+    bytes: int = Field(ge=0, le=MAX_INT32)
 
 
 class ClaimRequest(Message):
-    worker: str = Field(min_length=1, max_length=200)
+    worker: str = Field(min_length=1, max_length=200, pattern=PRINTABLE)
 
 
 class Claim(Message):

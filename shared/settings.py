@@ -51,6 +51,24 @@ class Settings(BaseSettings):
     max_parameters: int = Field(default=5_000_000, ge=1)
     max_multiply_adds: int = Field(default=2_000_000_000, ge=1)
 
+    # Limits that protect the service from any one client, enforced on every request.
+    # A request body larger than this is refused (413) before it is read in full.
+    max_request_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Queued plus running jobs one tenant may have; one more is refused (429).
+    max_concurrent_jobs: int = Field(default=8, ge=1)
+    # Requests per minute one API key may make to the /v1 routes (429 beyond).
+    requests_per_minute: int = Field(default=600, ge=1)
+    # Where the per-key request counts live: empty counts in this process (one API process,
+    # the embedded default); a redis:// URL shares them between API processes (production).
+    rate_limit_url: str = ""
+
+    @field_validator("rate_limit_url")
+    @classmethod
+    def _redis_or_empty(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty (count in this process) or a redis:// URL")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:

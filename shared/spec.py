@@ -14,9 +14,15 @@ MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 
 
+# Printable text only: control characters (NUL above all) have no place in a name, and
+# PostgreSQL refuses to store a NUL.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
 class StrictModel(BaseModel):
-    # Unknown fields are an error, so a typo never silently trains the wrong thing.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are an error, so a typo never silently trains the wrong thing; JSON's
+    # Infinity and NaN are refused, since no hyperparameter means them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "none"]
@@ -293,7 +299,7 @@ class LrRangeTestSpec(StrictModel):
 
 
 class JobSpec(StrictModel):
-    name: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200, pattern=PRINTABLE)
     # "lr_range_test" trains no epochs: it sweeps the lr and suggests one (see `lr_range_test`).
     kind: Literal["train", "lr_range_test"] = "train"
     lr_range_test: LrRangeTestSpec = Field(default_factory=LrRangeTestSpec)

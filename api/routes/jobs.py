@@ -9,16 +9,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
-from api.errors import CheckpointNotFound
+from api.errors import CheckpointNotFound, TooManyJobs, problem_responses
 from api.ledger import (
     attempts_of,
     cancel_job,
     checkpoints_of,
     create_job,
+    find_idempotent,
     latest_metrics,
     mark_dispatched,
     request_hash,
@@ -38,6 +39,9 @@ from shared.spec import JobSpec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 EVENT_POLL_SECONDS = 1.0
+# How long a tenant at its concurrent-job limit is asked to wait: about an epoch of a
+# small model, when a slot may have come free.
+JOB_SLOT_RETRY_SECONDS = 30
 
 
 def public(session: Session, job: Job) -> JobPublic:
@@ -53,7 +57,10 @@ def public(session: Session, job: Job) -> JobPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
-    responses={200: {"model": JobPublic, "description": "Idempotent replay"}},
+    responses={
+        200: {"model": JobPublic, "description": "Idempotent replay"},
+        **problem_responses(409),
+    },
 )
 def submit_job(
     spec: JobSpec,
@@ -67,14 +74,40 @@ def submit_job(
     """Validate a job spec, store it as queued, and hand it to a worker."""
     analysis = check_spec(spec, settings)
     body_hash = request_hash(spec.model_dump(mode="json"))
+    # A replay answers with the job it made, even when the tenant is at its limit now.
+    replayed = idempotency_key is not None and find_idempotent(
+        session, tenant.id, idempotency_key, body_hash
+    )
+    if not replayed:
+        _ensure_job_slot(session, tenant.id, settings.max_concurrent_jobs)
     job, created = create_job(session, tenant.id, spec, analysis, idempotency_key, body_hash)
     if not created:
         response.status_code = status.HTTP_200_OK
-    elif dispatcher.send(job.id):
+        return public(session, job)
+    if dispatcher.send(job.id):
         # Committed first, then sent: a job is never in the broker but not in the ledger.
         mark_dispatched(session, job.id)
-        session.refresh(job)
-    return public(session, job)
+    # A new job has no metrics, checkpoints or attempts yet: no need to ask the database.
+    return JobPublic.build(job, None, [], [])
+
+
+def _ensure_job_slot(session: Session, tenant_id: str, limit: int) -> None:
+    active = session.exec(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.tenant_id == tenant_id,
+            col(Job.status).in_([JobStatus.queued, JobStatus.running]),
+        )
+    ).one()
+    if active >= limit:
+        raise TooManyJobs(
+            f"you have {active} queued or running jobs and the limit is {limit}; "
+            "wait for one to finish or cancel one",
+            headers={"Retry-After": str(JOB_SLOT_RETRY_SECONDS)},
+            active_jobs=active,
+            limit=limit,
+        )
 
 
 @router.get("", response_model=JobList)
@@ -113,8 +146,9 @@ def _metrics_after(session: Session, job_id: str, since_epoch: int | None) -> li
 def get_metrics(
     job: JobDep,
     session: SessionDep,
+    # Bounded like the epoch column, so no number reaches the database as an overflow.
     since_epoch: Annotated[
-        int | None, Query(ge=-1, description="Only rows after this epoch")
+        int | None, Query(ge=-1, le=2**31 - 1, description="Only rows after this epoch")
     ] = None,
 ) -> MetricsPage:
     """The job's per-epoch metrics rows, oldest first; `since_epoch=N` returns epochs after N."""
@@ -164,7 +198,7 @@ async def stream_events(job: JobDep, request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=problem_responses(409))
 def cancel(job: JobDep, session: SessionDep) -> JobPublic:
     """Cancel a queued or running job; a running one stops at its next batch."""
     return public(session, cancel_job(session, job))

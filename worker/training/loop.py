@@ -233,6 +233,8 @@ def train(
             raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch}")
 
         test_loss, test_accuracy = evaluate(model, test_split, transform, device)
+        if not math.isfinite(test_loss):
+            raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch}")
         lr_control.after_epoch(epoch, test_loss)
         final = EpochMetrics(
             epoch=epoch,
