@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: install run test test-unit test-integration lint format bench-train bench-presets clean
+.PHONY: install run test test-unit test-integration test-faults lint format bench-train bench-presets bench-api clean
 
 install: $(INSTALLED)
 
@@ -35,12 +35,19 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest tests/integration
 
+# Kills workers, Redis and the API under running jobs; prints each scenario's figures.
+test-faults: install
+	$(BIN)/pytest tests/faults -s
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/faults
 
 bench-train: install
 	$(BIN)/tunelab data prepare
 	$(BIN)/python -m bench.train_speed
+
+bench-api: install
+	$(BIN)/python -m bench.api_speed
 
 bench-presets: install
 	$(BIN)/tunelab data prepare

@@ -19,10 +19,8 @@ app.conf.update(celery_config(get_settings()))
 def _configure_training_process(**_kwargs: object) -> None:
     # Runs in each pool child after the fork, so CUDA is first touched here, never before.
     from worker.runtime import configure_torch
-    from worker.shutdown import install_sigterm_handler
 
     configure_torch(get_settings())
-    install_sigterm_handler(get_settings().handback_grace_seconds)
 
 
 @worker_shutting_down.connect

@@ -3,13 +3,20 @@ at the next batch; either way the job is handed back to resume from its last che
 
 Celery's warm shutdown waits for running tasks to end, which for a training job could be
 hours, so the worker's main process passes SIGTERM on to its pool processes, where this
-handler turns it into a deadline the training loop reads between batches.
+handler turns it into a deadline the training loop reads between batches. Celery also
+sends SIGTERM to a pool process whose task it cancels after losing the broker.
+
+The handler is installed for the length of a job only: the pool installs its own, which
+exits the process, after our process initialiser runs, and an idle pool process should
+still exit on SIGTERM.
 """
 
 import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -35,11 +42,17 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     os.write(2, f"training process {os.getpid()}: SIGTERM, handing the job back\n".encode())
 
 
-def install_sigterm_handler(grace_seconds: float) -> None:
-    """For a pool process: SIGTERM means "hand the job back", not "die now"."""
+@contextmanager
+def handing_back_on_sigterm(grace_seconds: float) -> Iterator[None]:
+    """While a job runs in this process, SIGTERM means "hand the job back", not "die now"."""
     global _grace_seconds, _deadline
     _grace_seconds, _deadline = grace_seconds, None
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _deadline = None
 
 
 def forward_sigterm(pids: list[int]) -> None:

@@ -6,11 +6,12 @@ import socket
 
 from shared.broker import TRAIN_TASK
 from shared.messages import FinishStatus, JobError, JobResult
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from worker.api_client import ApiClient, ApiRefused
 from worker.celery_app import app
 from worker.reporter import AttemptReporter
 from worker.runtime import mnist_on_device
+from worker.shutdown import handing_back_on_sigterm
 from worker.training.checkpoints import Checkpointing
 from worker.training.loop import (
     TrainingDiverged,
@@ -47,6 +48,12 @@ def describe_failure(error: BaseException) -> JobError:
 @app.task(name=TRAIN_TASK)
 def train_job(job_id: str) -> None:
     settings = get_settings()
+    with handing_back_on_sigterm(settings.handback_grace_seconds):
+        run_attempt(job_id, settings)
+
+
+def run_attempt(job_id: str, settings: Settings) -> None:
+    """Claims the job, trains it or resumes it, and reports how the attempt ended."""
     client = ApiClient(str(settings.api_url).rstrip("/"), settings.worker_token)
     try:
         try:

@@ -40,9 +40,15 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    # Where this process's output starts in a log file that earlier runs may have written.
+    log_offset: int = 0
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
 
     def stop(self, grace: float = 15.0) -> None:
         if self.popen.poll() is not None:
@@ -105,23 +111,25 @@ class Stack:
         assert result.returncode == 0, f"tunelab {' '.join(args)}: {result.stderr[-2000:]}"
         return result.stdout
 
-    def start(self, name: str, *args: str) -> Process:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        """Starts `tunelab ARGS`; `env` overrides settings for this process alone."""
         log_path = self.workdir / f"{name}.log"
-        with log_path.open("wb") as log:
+        log_offset = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", *args],
                 cwd=REPO_ROOT,
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        process = Process(name, popen, log_path)
+        process = Process(name, popen, log_path, log_offset)
         self.processes.append(process)
         return process
 
-    def start_api(self) -> Process:
-        process = self.start("api", "api", "--port", str(self.port))
+    def start_api(self, env: dict[str, str] | None = None) -> Process:
+        process = self.start("api", "api", "--port", str(self.port), env=env)
 
         def healthy() -> bool:
             if process.popen.poll() is not None:

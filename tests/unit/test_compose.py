@@ -116,6 +116,11 @@ class TestCompose:
             for device in devices
         )
 
+    def test_worker_stop_grace_outlasts_the_hand_back(self, services):
+        grace = services["worker"]["stop_grace_period"]
+        assert grace.endswith("s")
+        assert float(grace[:-1]) > Settings().handback_grace_seconds
+
     @pytest.mark.parametrize("variable", ["TUNELAB_DATA_DIR", "TUNELAB_ARTIFACT_DIR"])
     def test_api_and_worker_share_volumes_at_the_configured_paths(
         self, compose, services, variable

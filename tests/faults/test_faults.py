@@ -1,0 +1,314 @@
+"""Fault injection: what production does to jobs, done to real processes.
+
+Each scenario prints `submitted N / succeeded N / lost 0 / duplicated 0` (run with -s to
+see it) and asserts it, reading the ledger straight from PostgreSQL: lost means a job that
+did not end as it should or misses an epoch's metrics; duplicated means two metrics rows
+for one epoch, or a row from an attempt that a later attempt had already replaced.
+"""
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import psycopg
+import pytest
+
+from tests.faults.conftest import StackFactory, job_spec
+from tests.faults.harness import (
+    RedisServer,
+    audit,
+    audits,
+    kill,
+    kill_group,
+    psycopg_url,
+    tally,
+    training_pid,
+)
+from tests.integration.stack import Process, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+METRICS_COMPARED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
+
+
+def metric_rows(client_http: httpx.Client, job_id: str) -> list[dict[str, float]]:
+    items: list[dict[str, float]] = client_http.get(
+        f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}
+    ).json()["items"]
+    return items
+
+
+def wait_for_log(process: Process, text: str, timeout: float = 60) -> None:
+    wait_until(lambda: text in process.log(), timeout, f"{process.name} to log {text!r}")
+
+
+def into_the_epoch(job: dict[str, object]) -> None:
+    """Lets the epoch that just began run about half way, so the kill lands mid-epoch.
+    Where exactly does not matter to the outcome, only to what it exercises."""
+    latest = job["latest_metrics"]
+    assert isinstance(latest, dict)
+    time.sleep(float(latest["epoch_seconds"]) / 2)
+
+
+def test_sigkill_mid_epoch_resumes_from_the_checkpoint_each_time(fault_stack: StackFactory):
+    stack, client = fault_stack(workers=2)
+    spec = job_spec(epochs=6)
+    killed = client.submit({**spec, "name": "killed-three-times"})
+    reference = client.submit({**spec, "name": "never-killed"})
+
+    recorded_at_kill: list[int] = []
+    for attempt, epochs_before_kill in enumerate((1, 3, 4), start=1):
+        client.running_with_attempt(killed["id"], attempt)
+        job = client.epochs_done(killed["id"], epochs_before_kill)
+        into_the_epoch(job)
+        job = client.job(killed["id"])
+        assert job["attempts"] == attempt
+        kill(training_pid(job))  # SIGKILL: no checkpoint, no goodbye
+        # What the dead attempt got recorded: nothing more can arrive from it.
+        recorded_at_kill.append(len(audit(stack.database_url, killed["id"]).rows_per_epoch))
+
+    for job in (killed, reference):
+        assert client.finished(job["id"])["status"] == "succeeded", stack.logs()
+    ledger = audit(stack.database_url, killed["id"])
+    starts = [start for _, start, _ in ledger.attempts]
+    print(f"kills after epochs {recorded_at_kill}; attempts resumed at epochs {starts[1:]}")
+    # Each new attempt resumed after the last epoch the killed one recorded: a kill costs
+    # at most the epoch it interrupted.
+    assert starts[1:] == recorded_at_kill
+    assert [outcome for _, _, outcome in ledger.attempts] == [
+        "lease_expired",
+        "lease_expired",
+        "lease_expired",
+        "succeeded",
+    ]
+
+    resumed = metric_rows(client.http, killed["id"])
+    uninterrupted = metric_rows(client.http, reference["id"])
+    difference = max(
+        abs(row[name] - other[name])
+        for row, other in zip(resumed, uninterrupted, strict=True)
+        for name in METRICS_COMPARED
+    )
+    print(f"largest metric difference, killed 3 times vs never killed: {difference:.3g}")
+    assert difference < 1e-6
+
+    tally("sigkill mid-epoch x3", audits(stack.database_url, [killed["id"], reference["id"]]))
+
+
+def test_sigterm_hands_the_job_back_and_the_next_worker_resumes_it(fault_stack: StackFactory):
+    stack, client = fault_stack(workers=1, TUNELAB_HANDBACK_GRACE_SECONDS="20")
+    job_id = client.submit(job_spec(epochs=4))["id"]
+    job = client.epochs_done(job_id, 1)
+    into_the_epoch(job)
+    worker = stack.processes[-1]
+    asked_at = time.monotonic()
+    worker.popen.send_signal(signal.SIGTERM)  # to the main process only, as `docker stop` does
+    worker.popen.wait(timeout=60)
+    exit_seconds = time.monotonic() - asked_at
+    handed_back = audit(stack.database_url, job_id)
+    print(
+        f"SIGTERM to exit: {exit_seconds:.1f} s, after recording "
+        f"{len(handed_back.rows_per_epoch)} epochs; attempts {handed_back.attempts}"
+    )
+    assert handed_back.attempts[0][2] == "handed_back"
+    # The epoch under way fitted in the grace period: it was finished and recorded.
+    assert len(handed_back.rows_per_epoch) == 2
+
+    stack.start_worker("worker-after-sigterm")
+    assert client.finished(job_id)["status"] == "succeeded", stack.logs()
+    ledger = audit(stack.database_url, job_id)
+    assert [(start, outcome) for _, start, outcome in ledger.attempts] == [
+        (0, "handed_back"),
+        (2, "succeeded"),
+    ]
+    tally("sigterm hand-back", [ledger])
+
+
+def test_redis_killed_and_started_again_with_jobs_queued_and_running(
+    fault_stack: StackFactory, own_redis: RedisServer
+):
+    stack, client = fault_stack(workers=1)
+    jobs = [client.submit(job_spec(epochs=3, seed=seed)) for seed in range(4)]
+    client.epochs_done(jobs[0]["id"], 1)  # one running, three waiting in Redis
+
+    own_redis.kill()  # and every message it held, since it keeps nothing on disk
+    worker = stack.processes[-1]
+    wait_for_log(worker, "Connection to broker lost")
+    own_redis.start()
+
+    finished = [client.finished(job["id"]) for job in jobs]
+    assert [job["status"] for job in finished] == ["succeeded"] * 4, stack.logs()
+    first = audit(stack.database_url, jobs[0]["id"])
+    print(f"the running job's attempts: {first.attempts}")
+    tally("redis restart", audits(stack.database_url, [job["id"] for job in jobs]))
+
+
+@contextmanager
+def unanswering_port() -> Iterator[int]:
+    """A port that accepts connections and never says a word: a broker that hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", free_port()))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+def test_api_killed_between_storing_a_job_and_ringing_the_broker(fault_stack: StackFactory):
+    stack, client = fault_stack(workers=1)
+    first_api = stack.processes[0]
+    first_api.stop()
+    body = job_spec(epochs=2, name="stored-not-sent")
+    with unanswering_port() as port:
+        hanging = stack.start_api(
+            env={"TUNELAB_BROKER_URL": f"redis://127.0.0.1:{port}/0", "TUNELAB_SWEEP_SECONDS": "0"}
+        )
+        submit_error: list[BaseException] = []
+
+        def submit() -> None:
+            try:
+                client.http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "once"})
+            except httpx.TransportError as error:
+                submit_error.append(error)
+
+        submitter = threading.Thread(target=submit)
+        submitter.start()
+
+        def stored_job_id() -> str | None:
+            with psycopg.connect(psycopg_url(stack.database_url)) as db:
+                row = db.execute("SELECT id, dispatched_at FROM jobs").fetchone()
+            return row[0] if row is not None and row[1] is None else None
+
+        job_id = wait_until(stored_job_id, 30, "the job to be stored")
+        kill_group(hanging)  # committed, the broker never rung
+        submitter.join(timeout=30)
+    assert submit_error, "the client saw the API die"
+
+    stack.start_api()
+    # The client retries with the same Idempotency-Key: it gets the stored job, not a second.
+    retried = client.submit(body, **{"Idempotency-Key": "once"})
+    assert retried["id"] == job_id
+    assert client.finished(job_id)["status"] == "succeeded", stack.logs()
+    with psycopg.connect(psycopg_url(stack.database_url)) as db:
+        (jobs_stored,) = db.execute("SELECT count(*) FROM jobs").fetchone() or (0,)
+    assert jobs_stored == 1
+    tally("api killed before the broker heard", audits(stack.database_url, [job_id]))
+
+
+def test_a_frozen_worker_past_its_lease_is_replaced_and_then_refused(fault_stack: StackFactory):
+    stack, client = fault_stack(workers=2)
+    job_id = client.submit(job_spec(epochs=5))["id"]
+    frozen = client.epochs_done(job_id, 1)
+    pid = training_pid(frozen)
+    kill(pid, signal.SIGSTOP)
+    try:
+        taken_over = client.running_with_attempt(job_id, 2)
+        assert taken_over["worker"] != frozen["worker"]
+        client.epochs_done(job_id, taken_over["progress"]["epochs_completed"] + 1)
+    finally:
+        kill(pid, signal.SIGCONT)
+    wait_until(
+        lambda: f"job {job_id} attempt 1 lost its lease" in stack.logs(),
+        60,
+        "the thawed attempt to hear that it lost its lease",
+    )
+    assert client.finished(job_id)["status"] == "succeeded", stack.logs()
+
+    api_log = (stack.workdir / "api.log").read_text()
+    refused = sum(1 for line in api_log.splitlines() if job_id in line and '" 409' in line)
+    print(f"writes refused from the frozen attempt: {refused}")
+    assert refused >= 1
+    ledger = audit(stack.database_url, job_id)
+    assert [outcome for _, _, outcome in ledger.attempts] == ["lease_expired", "succeeded"]
+    tally("sigstop past the lease", [ledger])
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_alone(fault_stack: StackFactory):
+    stack, client = fault_stack(workers=2, TUNELAB_MAX_ATTEMPTS="3")
+    poison = client.submit(job_spec(epochs=3, name="kills-its-worker"))
+    others = [client.submit(job_spec(epochs=2, seed=seed)) for seed in (1, 2)]
+    for attempt in (1, 2, 3):
+        job = client.running_with_attempt(poison["id"], attempt)
+        kill(training_pid(job))
+
+    failed = client.finished(poison["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["type"] == "max_attempts"
+    print(f"the reason given: {failed['error']['message']}")
+    for attempt in (1, 2, 3):
+        assert f"attempt {attempt} on " in failed["error"]["message"]
+    for job in others:
+        assert client.finished(job["id"])["status"] == "succeeded", stack.logs()
+    tally(
+        "a job that kills its worker",
+        audits(stack.database_url, [poison["id"], *(job["id"] for job in others)]),
+        expected={poison["id"]: "failed"},
+    )
+
+
+def test_cancelled_jobs_are_never_trained_even_across_worker_restarts(
+    fault_stack: StackFactory,
+):
+    stack, client = fault_stack(workers=1)
+    jobs = [client.submit(job_spec(epochs=4, seed=seed)) for seed in range(3)]
+    client.epochs_done(jobs[0]["id"], 1)
+    worker = stack.processes[-1]
+    cancelled_at = time.monotonic()
+    for job in jobs:
+        assert client.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    wait_for_log(worker, f"job {jobs[0]['id']}: attempt 1 stopped (cancelled)", timeout=30)
+    stop_seconds = time.monotonic() - cancelled_at
+    rows_at_stop = len(audit(stack.database_url, jobs[0]["id"]).rows_per_epoch)
+
+    # Every worker restarts; the cancelled jobs' messages are still in the broker.
+    worker.stop()
+    restarted = stack.start_worker("worker-0-restarted")
+    control = client.submit(job_spec(epochs=1, name="after-the-restart"))
+    assert client.finished(control["id"])["status"] == "succeeded", stack.logs()
+
+    trained_after_cancel = 0
+    for job in jobs:
+        ledger = audit(stack.database_url, job["id"])
+        assert ledger.status == "cancelled"
+        trained_after_cancel += len(ledger.attempts) - (1 if job is jobs[0] else 0)
+    assert len(audit(stack.database_url, jobs[0]["id"]).rows_per_epoch) == rows_at_stop
+    refused_claims = restarted.log().count("not claimed")
+    print(
+        f"cancel to stop: {stop_seconds:.1f} s; attempts started after the cancel: "
+        f"{trained_after_cancel}; deliveries refused after the restart: {refused_claims}"
+    )
+    assert trained_after_cancel == 0
+    assert stop_seconds < 10
+    tally(
+        "cancel, then restart every worker",
+        audits(stack.database_url, [*(job["id"] for job in jobs), control["id"]]),
+        expected={job["id"]: "cancelled" for job in jobs},
+    )
+
+
+API_OUTAGE_SECONDS = 30
+
+
+def test_the_api_down_for_30_seconds_during_training(fault_stack: StackFactory):
+    # A lease longer than the outage: the sweep runs in the API, so nothing expires while
+    # it is down, and the worker's posts renew the lease as soon as it is back.
+    stack, client = fault_stack(workers=1, TUNELAB_LEASE_SECONDS="60")
+    job_id = client.submit(job_spec(epochs=12))["id"]
+    client.epochs_done(job_id, 1)
+    api, worker = stack.processes[0], stack.processes[-1]
+    kill_group(api)
+    epochs_logged_before = worker.log().count(": test accuracy")
+    outage_ends = time.monotonic() + API_OUTAGE_SECONDS
+    wait_until(lambda: time.monotonic() >= outage_ends, API_OUTAGE_SECONDS + 5, "the outage")
+    trained_while_down = worker.log().count(": test accuracy") - epochs_logged_before
+    stack.start_api()
+
+    job = client.finished(job_id)
+    assert job["status"] == "succeeded", stack.logs()
+    rows = metric_rows(client.http, job_id)
+    assert [row["epoch"] for row in rows] == list(range(12))
+    print(f"epochs trained while the API was down for {API_OUTAGE_SECONDS} s: {trained_while_down}")
+    assert trained_while_down >= 1
+    tally("api down 30 s", audits(stack.database_url, [job_id]))
