@@ -39,6 +39,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # How often an idle worker looks for a message; kombu's default of a second
+            # would be most of the time from submit to running.
+            "polling_interval": 0.05,
         }
     elif settings.broker_url.startswith("redis"):
         # Longer than any job: the lease, not the broker, detects a lost worker.
