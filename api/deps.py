@@ -29,7 +29,10 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with Session(request.app.state.engine) as session:
+    # Objects keep their values after a commit: a route that commits and then answers
+    # does not read back what it just wrote. Code that needs the database's view after a
+    # compare-and-set refreshes explicitly.
+    with Session(request.app.state.engine, expire_on_commit=False) as session:
         yield session
 
 

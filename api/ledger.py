@@ -85,7 +85,6 @@ def create_job(
         if existing is None:
             raise
         return existing, False
-    session.refresh(job)
     return job, True
 
 
