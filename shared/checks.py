@@ -143,6 +143,36 @@ def check_model(spec_layers: list, settings: Settings) -> Analysis:
     return analysis
 
 
+# A training step costs about three forward passes: the forward pass itself, and a
+# backward pass that computes gradients for both the activations and the weights.
+TRAINING_PASSES = 3
+
+
+def estimated_multiply_adds(spec: JobSpec, analysis: Analysis) -> int:
+    """What a whole job costs, in multiply-adds."""
+    if spec.kind == "lr_range_test":
+        images = spec.lr_range_test.steps * spec.batch_size_for_epoch(0)
+        return analysis.multiply_adds * TRAINING_PASSES * images
+    per_epoch = spec.train_images() * TRAINING_PASSES + spec.test_images()
+    return analysis.multiply_adds * per_epoch * spec.epochs
+
+
+def _compute_problems(spec: JobSpec, analysis: Analysis, settings: Settings) -> list[Problem]:
+    needed = estimated_multiply_adds(spec, analysis)
+    if needed <= settings.max_job_multiply_adds:
+        return []
+    return [
+        Problem(
+            ("epochs",),
+            f"this job needs about {needed:.2e} multiply-adds "
+            f"({analysis.multiply_adds} per image, over every image of every epoch); at most "
+            f"{settings.max_job_multiply_adds:.2e}: train fewer epochs, on data.train_subset, "
+            "or a smaller model",
+            "limit",
+        )
+    ]
+
+
 def check_spec(spec: JobSpec, settings: Settings) -> Analysis:
     """Every rule at once, so one answer lists everything to fix; returns the analysis."""
     problems = _schedule_problems(spec) + _limit_problems(spec, settings)
@@ -151,6 +181,7 @@ def check_spec(spec: JobSpec, settings: Settings) -> Analysis:
     except SpecRejected as rejected:
         problems += rejected.problems
         raise SpecRejected(problems) from rejected
+    problems += _compute_problems(spec, analysis, settings)
     if problems:
         raise SpecRejected(problems)
     return analysis

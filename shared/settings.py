@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_layers: int = Field(default=64, ge=1)
     max_parameters: int = Field(default=5_000_000, ge=1)
     max_multiply_adds: int = Field(default=2_000_000_000, ge=1)
+    # The whole job's estimated compute: multiply-adds per image, three times over for the
+    # backward pass, for every training image of every epoch (and the evaluations). The
+    # default is some hours on a CPU, minutes on a GPU.
+    max_job_multiply_adds: int = Field(default=10**15, ge=1)
 
     # Limits that protect the service from any one client, enforced on every request.
     # A request body larger than this is refused (413) before it is read in full.

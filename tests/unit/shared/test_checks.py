@@ -157,6 +157,21 @@ class TestServiceLimits:
     def test_max_multiply_adds(self):
         assert locations(job(), small_limits(max_multiply_adds=1000)) == [("model",)]
 
+    def test_max_job_multiply_adds_counts_every_image_of_every_epoch(self):
+        spec = job(epochs=2, data={"train_subset": 1000, "test_subset": 500})
+        per_image = analyze(spec.model.layers).multiply_adds
+        needed = per_image * (1000 * 3 + 500) * 2
+        assert check_spec(spec, small_limits(max_job_multiply_adds=needed))
+        found = problems(spec, small_limits(max_job_multiply_adds=needed - 1))
+        assert [(problem.location, problem.code) for problem in found] == [(("epochs",), "limit")]
+        assert "train_subset" in found[0].message
+
+    def test_an_lr_range_test_costs_its_steps(self):
+        spec = job(kind="lr_range_test", lr_range_test={"steps": 100}, batch_size=64)
+        per_image = analyze(spec.model.layers).multiply_adds
+        assert check_spec(spec, small_limits(max_job_multiply_adds=per_image * 3 * 6400))
+        assert problems(spec, small_limits(max_job_multiply_adds=per_image * 3 * 6400 - 1))
+
 
 class TestArchitectureRules:
     @pytest.mark.parametrize(
