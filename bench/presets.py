@@ -35,7 +35,6 @@ class Collect:
         return False
 
     def handback_deadline(self) -> float | None:
-
         return None
 
     def epoch_finished(self, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
