@@ -1,6 +1,7 @@
 import pytest
 
 from shared.settings import Settings
+from tests.figures import FIGURES
 
 
 @pytest.fixture
@@ -14,3 +15,10 @@ def settings(tmp_path) -> Settings:
         artifact_dir=tmp_path / "artifacts",
         worker_token="test-worker-token",
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

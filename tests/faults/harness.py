@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import redis
 
+from tests.figures import figure
 from tests.integration.stack import Process, Stack, free_port, wait_until
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -191,7 +192,7 @@ def tally(scenario: str, audits: list[JobAudit], expected: dict[str, str] | None
         f"[{scenario}] submitted {len(audits)} / succeeded {succeeded} / "
         f"lost {lost} / duplicated {duplicated}"
     )
-    print(line)
+    figure(line)
     assert lost == 0 and duplicated == 0, (line, audits)
     return line
 

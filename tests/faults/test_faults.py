@@ -28,6 +28,7 @@ from tests.faults.harness import (
     tally,
     training_pid,
 )
+from tests.figures import figure
 from tests.integration.stack import Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ def test_sigkill_mid_epoch_resumes_from_the_checkpoint_each_time(fault_stack: St
         assert client.finished(job["id"])["status"] == "succeeded", stack.logs()
     ledger = audit(stack.database_url, killed["id"])
     starts = [start for _, start, _ in ledger.attempts]
-    print(f"kills after epochs {recorded_at_kill}; attempts resumed at epochs {starts[1:]}")
+    figure(f"kills after epochs {recorded_at_kill}; attempts resumed at epochs {starts[1:]}")
     # Each new attempt resumed after the last epoch the killed one recorded: a kill costs
     # at most the epoch it interrupted.
     assert starts[1:] == recorded_at_kill
@@ -93,7 +94,7 @@ def test_sigkill_mid_epoch_resumes_from_the_checkpoint_each_time(fault_stack: St
         for row, other in zip(resumed, uninterrupted, strict=True)
         for name in METRICS_COMPARED
     )
-    print(f"largest metric difference, killed 3 times vs never killed: {difference:.3g}")
+    figure(f"largest metric difference, killed 3 times vs never killed: {difference:.3g}")
     assert difference < 1e-6
 
     tally("sigkill mid-epoch x3", audits(stack.database_url, [killed["id"], reference["id"]]))
@@ -110,7 +111,7 @@ def test_sigterm_hands_the_job_back_and_the_next_worker_resumes_it(fault_stack: 
     worker.popen.wait(timeout=60)
     exit_seconds = time.monotonic() - asked_at
     handed_back = audit(stack.database_url, job_id)
-    print(
+    figure(
         f"SIGTERM to exit: {exit_seconds:.1f} s, after recording "
         f"{len(handed_back.rows_per_epoch)} epochs; attempts {handed_back.attempts}"
     )
@@ -143,7 +144,7 @@ def test_redis_killed_and_started_again_with_jobs_queued_and_running(
     finished = [client.finished(job["id"]) for job in jobs]
     assert [job["status"] for job in finished] == ["succeeded"] * 4, stack.logs()
     first = audit(stack.database_url, jobs[0]["id"])
-    print(f"the running job's attempts: {first.attempts}")
+    figure(f"the running job's attempts: {first.attempts}")
     tally("redis restart", audits(stack.database_url, [job["id"] for job in jobs]))
 
 
@@ -189,7 +190,7 @@ def test_api_killed_between_storing_a_job_and_ringing_the_broker(fault_stack: St
         job_id = wait_until(stored_job_id, 30, "the job to be stored")
         kill_group(hanging)  # committed, the broker never rung
         submitter.join(timeout=30)
-    print(f"the client's first POST: {answers[0] or 'no answer'}")
+    figure(f"the client's first POST: {answers[0] or 'no answer'}")
 
     stack.start_api()
     # The client retries with the same Idempotency-Key: it gets the stored job, not a second.
@@ -223,7 +224,7 @@ def test_a_frozen_worker_past_its_lease_is_replaced_and_then_refused(fault_stack
 
     api_log = (stack.workdir / "api.log").read_text()
     refused = sum(1 for line in api_log.splitlines() if job_id in line and '" 409' in line)
-    print(f"writes refused from the frozen attempt: {refused}")
+    figure(f"writes refused from the frozen attempt: {refused}")
     assert refused >= 1
     ledger = audit(stack.database_url, job_id)
     assert [outcome for _, _, outcome in ledger.attempts] == ["lease_expired", "succeeded"]
@@ -241,7 +242,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_alone(fault_stack: StackFa
     failed = client.finished(poison["id"])
     assert failed["status"] == "failed"
     assert failed["error"]["type"] == "max_attempts"
-    print(f"the reason given: {failed['error']['message']}")
+    figure(f"the reason given: {failed['error']['message']}")
     for attempt in (1, 2, 3):
         assert f"attempt {attempt} on " in failed["error"]["message"]
     for job in others:
@@ -280,7 +281,7 @@ def test_cancelled_jobs_are_never_trained_even_across_worker_restarts(
         trained_after_cancel += len(ledger.attempts) - (1 if job is jobs[0] else 0)
     assert len(audit(stack.database_url, jobs[0]["id"]).rows_per_epoch) == rows_at_stop
     refused_claims = restarted.log().count("not claimed")
-    print(
+    figure(
         f"cancel to stop: {stop_seconds:.1f} s; attempts started after the cancel: "
         f"{trained_after_cancel}; deliveries refused after the restart: {refused_claims}"
     )
@@ -314,6 +315,8 @@ def test_the_api_down_for_30_seconds_during_training(fault_stack: StackFactory):
     assert job["status"] == "succeeded", stack.logs()
     rows = metric_rows(client.http, job_id)
     assert [row["epoch"] for row in rows] == list(range(12))
-    print(f"epochs trained while the API was down for {API_OUTAGE_SECONDS} s: {trained_while_down}")
+    figure(
+        f"epochs trained while the API was down for {API_OUTAGE_SECONDS} s: {trained_while_down}"
+    )
     assert trained_while_down >= 1
     tally("api down 30 s", audits(stack.database_url, [job_id]))

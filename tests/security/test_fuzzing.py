@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.figures import figure
 from tests.security.conftest import WORKER_TOKEN, Deployment, bearer
 
 BASE_URL = "http://testserver"
@@ -193,8 +194,8 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_schema(make_deploym
                 no_invalid_input.append(operation.label)
 
     server_errors = sum(count for status, count in report.statuses.items() if status >= 500)
-    print(
-        f"\n[security] schemathesis: {len(operations)} operations, {report.cases} cases "
+    figure(
+        f"[security] schemathesis: {len(operations)} operations, {report.cases} cases "
         f"(boundary values, then random valid and invalid input, random and real ids), "
         f"statuses {dict(sorted(report.statuses.items()))} / "
         f"{len(report.failures)} failures, {server_errors} 5xx"

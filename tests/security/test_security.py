@@ -28,6 +28,7 @@ from api.keys import hash_key, revoke_key
 from api.limits import InProcessRateLimiter, RedisRateLimiter
 from api.models import CheckpointRow, Job
 from cli.main import main as tunelab
+from tests.figures import figure as report_figure
 from tests.security.conftest import (
     QUICK_JOB,
     WORKER_TOKEN,
@@ -42,7 +43,7 @@ SECRET = b"TOP SECRET: another tenant's weights"
 
 
 def figure(line: str) -> None:
-    print(f"\n[security] {line}")
+    report_figure(f"[security] {line}")
 
 
 def operations(deployment: Deployment, prefix: str) -> list[tuple[str, str, dict[str, Any]]]:
