@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
-from api.dispatch import Dispatcher
 from api.errors import CheckpointNotFound, TooManyJobs, problem_responses
 from api.ledger import (
     attempts_of,
@@ -65,9 +64,7 @@ def public(session: Session, job: Job) -> JobPublic:
 )
 def submit_job(
     spec: JobSpec,
-    request: Request,
     response: Response,
-    background: BackgroundTasks,
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
@@ -87,18 +84,12 @@ def submit_job(
     if not created:
         response.status_code = status.HTTP_200_OK
         return public(session, job)
-    # Committed first, then sent: a job is never in the broker but not in the ledger. The
-    # client need not wait for the broker; if this process dies before it is told, the
-    # dispatch sweep tells it.
-    background.add_task(ring_the_broker, request.app.state.engine, dispatcher, job.id)
+    # Committed first, then sent: a job is never in the broker but not in the ledger. Sent
+    # before answering, so one client's jobs reach the queue in the order it submitted them.
+    if dispatcher.send(job.id):
+        mark_dispatched(session, job.id)
     # A new job has no metrics, checkpoints or attempts yet: no need to ask the database.
     return JobPublic.build(job, None, [], [])
-
-
-def ring_the_broker(engine: Engine, dispatcher: Dispatcher, job_id: str) -> None:
-    if dispatcher.send(job_id):
-        with Session(engine) as session:
-            mark_dispatched(session, job_id)
 
 
 def _ensure_job_slot(session: Session, tenant_id: str, limit: int) -> None:
