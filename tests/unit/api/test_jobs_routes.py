@@ -24,9 +24,7 @@ def error_fields(response) -> list[str]:
 
 
 class TestSubmitJob:
-    def test_jobs_reach_the_broker_in_the_order_they_were_submitted(
-        self, client, auth, dispatcher
-    ):
+    def test_jobs_reach_the_broker_in_the_order_they_were_submitted(self, client, auth, dispatcher):
         ids = [submit(client, auth, {"name": f"job-{n}"})["id"] for n in range(5)]
         assert dispatcher.sent == ids
 
