@@ -27,13 +27,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     sweeper = None
     if settings.sweep_seconds > 0:
-        sweeper = Sweeper(
-            app.state.engine,
-            app.state.dispatcher,
-            settings.max_attempts,
-            settings.sweep_seconds,
-            settings.redispatch_seconds,
-        )
+        sweeper = Sweeper(app.state.engine, app.state.dispatcher, settings)
         sweeper.start()
     yield
     if sweeper is not None:

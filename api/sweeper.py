@@ -16,6 +16,7 @@ once; a duplicate message is harmless, since a claim is a compare-and-set too.
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,6 +26,7 @@ from sqlmodel import Session, col, select
 from api.dispatch import Dispatcher
 from api.ledger import attempts_of, end_attempt, mark_dispatched
 from api.models import AttemptOutcome, AttemptRow, Job, JobStatus, as_utc, utcnow
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,12 @@ def sweep(
     max_attempts: int,
     now: datetime | None = None,
     redispatch_seconds: float = 300.0,
+    expire_leases: bool = True,
 ) -> SweepCounts:
     now = now or utcnow()
     counts = SweepCounts()
-    _requeue_expired(session, max_attempts, now, counts)
+    if expire_leases:
+        _requeue_expired(session, max_attempts, now, counts)
     _send_undelivered(session, dispatcher, now, redispatch_seconds, counts)
     return counts
 
@@ -164,23 +168,21 @@ def _send_undelivered(
 
 
 class Sweeper:
-    """Runs `sweep` every `interval` seconds on a daemon thread until stopped."""
+    """Runs `sweep` every `sweep_seconds` on a daemon thread until stopped.
 
-    def __init__(
-        self,
-        engine: Engine,
-        dispatcher: Dispatcher,
-        max_attempts: int,
-        interval: float,
-        redispatch_seconds: float,
-    ) -> None:
-        self.engine, self.dispatcher = engine, dispatcher
-        self.max_attempts, self.interval = max_attempts, interval
-        self.redispatch_seconds = redispatch_seconds
+    A freshly started API waits one lease before it expires any: while it was down, workers
+    could not renew their leases, and a live worker renews its lease at its next heartbeat.
+    """
+
+    def __init__(self, engine: Engine, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.engine, self.dispatcher, self.settings = engine, dispatcher, settings
+        self.interval = settings.sweep_seconds
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatch-sweep", daemon=True)
 
     def start(self) -> None:
+        self._started = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -189,13 +191,15 @@ class Sweeper:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            up_for = time.monotonic() - self._started
             try:
                 with Session(self.engine) as session:
                     sweep(
                         session,
                         self.dispatcher,
-                        self.max_attempts,
-                        redispatch_seconds=self.redispatch_seconds,
+                        self.settings.max_attempts,
+                        redispatch_seconds=self.settings.redispatch_seconds,
+                        expire_leases=up_for >= self.settings.lease_seconds,
                     )
             except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
                 log.exception("dispatch sweep failed")

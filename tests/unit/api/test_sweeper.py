@@ -47,6 +47,16 @@ class TestSweep:
         assert worker.post_epoch(job["id"], attempt, 0).status_code == 409
         assert worker.attempt(job["id"])["attempt"] == 2
 
+    def test_a_sweep_told_not_to_expire_leases_leaves_them(
+        self, client, auth, engine, dispatcher, worker_auth, settings
+    ):
+        job = submit(client, auth)
+        WorkerCalls(client, worker_auth).attempt(job["id"])
+        with Session(engine) as session:
+            later = after_the_lease(settings)
+            assert sweep(session, dispatcher, 3, now=later, expire_leases=False).requeued == 0
+        assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "running"
+
     def test_the_last_attempt_fails_the_job_with_a_reason(
         self, client, auth, engine, dispatcher, worker_auth, settings
     ):
