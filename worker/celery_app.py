@@ -2,9 +2,9 @@
 
 import logging
 
-import billiard.process
 from celery import Celery
 from celery.signals import worker_process_init, worker_shutting_down
+from celery.worker.state import active_requests
 
 from shared.broker import celery_config
 from shared.settings import get_settings
@@ -25,7 +25,10 @@ def _configure_training_process(**_kwargs: object) -> None:
 
 @worker_shutting_down.connect
 def _hand_back_running_jobs(**_kwargs: object) -> None:
-    # Celery's warm shutdown would wait for the running jobs to end; ask them to hand back.
+    # Celery's warm shutdown would wait for the running jobs to end; ask the pool processes
+    # running one to hand it back. Idle ones are left to the pool's own shutdown.
     from worker.shutdown import forward_sigterm
 
-    forward_sigterm([child.pid for child in billiard.process.active_children() if child.pid])
+    forward_sigterm(
+        sorted({request.worker_pid for request in active_requests if request.worker_pid})
+    )
