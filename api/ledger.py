@@ -15,6 +15,7 @@ from sqlalchemy import and_, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from api.dispatch import Dispatcher
 from api.errors import (
     CheckpointRefused,
     IdempotencyConflict,
@@ -88,7 +89,12 @@ def create_job(
     return job, True
 
 
-def mark_dispatched(session: Session, job_id: str, at: datetime | None = None) -> None:
+def dispatch(
+    session: Session, dispatcher: Dispatcher, job_id: str, at: datetime | None = None
+) -> bool:
+    """Rings the broker for a committed job and records when; False leaves it to the sweep."""
+    if not dispatcher.send(job_id):
+        return False
     session.execute(
         update(Job)
         .where(col(Job.id) == job_id)
@@ -96,6 +102,7 @@ def mark_dispatched(session: Session, job_id: str, at: datetime | None = None) -
         .execution_options(synchronize_session=False)
     )
     session.commit()
+    return True
 
 
 def end_attempt(session: Session, job_id: str, attempt: int, outcome: AttemptOutcome) -> None:
@@ -169,7 +176,6 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
         )
     job = session.get(Job, job_id)
     assert job is not None  # the update above just matched it
-    session.refresh(job)
     # Taken over straight from an expired lease, without a sweep in between.
     end_attempt(session, job.id, job.attempts - 1, AttemptOutcome.lease_expired)
     session.add(
@@ -182,7 +188,6 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
         )
     )
     session.commit()
-    session.refresh(job)
     return job
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, Engine, and_, or_, update
 from sqlmodel import Session, col, select
 
 from api.dispatch import Dispatcher
-from api.ledger import attempts_of, end_attempt, mark_dispatched
+from api.ledger import attempts_of, dispatch, end_attempt
 from api.models import AttemptOutcome, AttemptRow, Job, JobStatus, as_utc, utcnow
 from shared.settings import Settings
 
@@ -153,9 +153,8 @@ def _send_undelivered(
             due = as_utc(dispatched_at) + timedelta(seconds=redispatch_seconds * 2**doublings)
             if due > now:
                 continue
-        if not dispatcher.send(job_id):
+        if not dispatch(session, dispatcher, job_id, at=now):
             break  # the broker is still down: try again next sweep
-        mark_dispatched(session, job_id, at=now)
         if dispatched_at is None:
             counts.sent += 1
         else:

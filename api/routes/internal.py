@@ -10,9 +10,9 @@ from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerDep
 from api.ledger import (
     checkpoints_of,
     claim_job,
+    dispatch,
     finish_job,
     holding_attempt,
-    mark_dispatched,
     record_epoch,
     release_job,
     renew_lease,
@@ -102,6 +102,5 @@ def release(
         return CANCELLED
     release_job(session, job, report.attempt)
     session.commit()
-    if dispatcher.send(job_id):
-        mark_dispatched(session, job_id)
+    dispatch(session, dispatcher, job_id)
     return CARRY_ON

@@ -19,9 +19,9 @@ from api.ledger import (
     cancel_job,
     checkpoints_of,
     create_job,
+    dispatch,
     find_idempotent,
     latest_metrics,
-    mark_dispatched,
     request_hash,
 )
 from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
@@ -34,6 +34,7 @@ from api.schemas import (
     metrics_of,
 )
 from shared.checks import check_spec
+from shared.messages import MAX_INT32
 from shared.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -86,8 +87,7 @@ def submit_job(
         return public(session, job)
     # Committed first, then sent: a job is never in the broker but not in the ledger. Sent
     # before answering, so one client's jobs reach the queue in the order it submitted them.
-    if dispatcher.send(job.id):
-        mark_dispatched(session, job.id)
+    dispatch(session, dispatcher, job.id)
     # A new job has no metrics, checkpoints or attempts yet: no need to ask the database.
     return JobPublic.build(job, None, [], [])
 
@@ -149,7 +149,7 @@ def get_metrics(
     session: SessionDep,
     # Bounded like the epoch column, so no number reaches the database as an overflow.
     since_epoch: Annotated[
-        int | None, Query(ge=-1, le=2**31 - 1, description="Only rows after this epoch")
+        int | None, Query(ge=-1, le=MAX_INT32, description="Only rows after this epoch")
     ] = None,
 ) -> MetricsPage:
     """The job's per-epoch metrics rows, oldest first; `since_epoch=N` returns epochs after N."""
