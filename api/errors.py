@@ -77,16 +77,6 @@ class TooManyJobs(TunelabError):
     status, code, title = 429, "too-many-jobs", "Too many queued and running jobs"
 
 
-def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": f"urn:tunelab:problem:{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
-
-
 def problem(
     status: int,
     code: str,
@@ -95,7 +85,13 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body = problem_body(status, code, title, detail, **extra)
+    body = {
+        "type": f"urn:tunelab:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

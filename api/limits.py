@@ -7,7 +7,6 @@ windows: in this process (the embedded default, one API process) or in Redis (sh
 every API process in production).
 """
 
-import json
 import logging
 import math
 import threading
@@ -21,11 +20,9 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import (
-    PROBLEM_JSON,
     BodyTooLarge,
     RateLimited,
     problem,
-    problem_body,
     validation_problem,
 )
 from shared.settings import Settings
@@ -51,7 +48,7 @@ class BodySizeLimit:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
 
         received = 0
@@ -87,25 +84,15 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not response_started:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = BodyTooLarge(f"the request body must be at most {self.max_bytes} bytes")
-        body = json.dumps(problem_body(error.status, error.code, error.title, error.detail))
-        encoded = body.encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error.status,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(encoded)).encode()),
-                    # The rest of the body is never read, so the connection cannot be reused.
-                    (b"connection", b"close"),
-                ],
-            }
+        # The rest of the body is never read, so the connection cannot be reused.
+        response = problem(
+            error.status, error.code, error.title, error.detail, headers={"Connection": "close"}
         )
-        await send({"type": "http.response.body", "body": encoded})
+        await response(scope, receive, send)
 
 
 class NulInUrl:

@@ -12,7 +12,6 @@ import queue
 import threading
 
 from shared.messages import (
-    AttemptAnswer,
     CheckpointRecord,
     Claim,
     EpochMetrics,
@@ -71,9 +70,7 @@ class AttemptReporter:
 
     def _post(self, route: str, body: AttemptMessage, retry_seconds: float | None = None) -> None:
         try:
-            answer: AttemptAnswer = self.client.attempt_post(
-                self.job_id, route, body, retry_seconds
-            )
+            answer = self.client.attempt_post(self.job_id, route, body, retry_seconds)
         except ApiRefused as refused:
             if refused.status == 409:
                 log.warning(
@@ -105,17 +102,21 @@ class AttemptReporter:
                 log.warning("heartbeat for job %s failed: %s", self.job_id, error)
 
     def _send(self) -> None:
-        while (report := self._outbox.get()) is not None:
-            if self.lost.is_set():
-                continue  # another attempt holds the job: it reports its own epochs
+        while True:
+            report = self._outbox.get()
             try:
-                self._post("epochs", report)
+                if report is None:
+                    return
+                if not self.lost.is_set():  # else another attempt reports its own epochs
+                    self._post("epochs", report)
             except (ApiUnreachable, ApiRefused) as error:
                 # Unreachable for the whole retry window: the lease has run out by now.
-                log.error(
-                    "job %s: epoch %d undelivered: %s", self.job_id, report.metrics.epoch, error
-                )
+                epoch = report.metrics.epoch if report is not None else None
+                log.error("job %s: epoch %s undelivered: %s", self.job_id, epoch, error)
                 self.lost.set()
+            finally:
+                # Counted done whatever happened, so flush() never waits on a report forever.
+                self._outbox.task_done()
 
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or self.lost.is_set()
@@ -132,12 +133,8 @@ class AttemptReporter:
 
     def flush(self) -> None:
         """Waits until every epoch reported so far was delivered (or given up on)."""
-        if not self._sender.is_alive():
-            return
-        self._outbox.put(None)
-        self._sender.join()
-        self._sender = threading.Thread(target=self._send, name="epoch-sender", daemon=True)
-        self._sender.start()
+        if self._sender.is_alive():
+            self._outbox.join()
 
     def finish(
         self, status: FinishStatus, error: JobError | None = None, result: JobResult | None = None

@@ -30,14 +30,10 @@ def handback_deadline() -> float | None:
     return _deadline
 
 
-def request_handback(grace_seconds: float | None = None) -> None:
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     global _deadline
     if _deadline is None:
-        _deadline = time.monotonic() + (_grace_seconds if grace_seconds is None else grace_seconds)
-
-
-def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    request_handback()
+        _deadline = time.monotonic() + _grace_seconds
     # Only async-signal-safe work here: os.write, not logging, which takes locks.
     os.write(2, f"training process {os.getpid()}: SIGTERM, handing the job back\n".encode())
 

@@ -79,10 +79,10 @@ def run_attempt(job_id: str, settings: Settings) -> None:
                     train(claim.spec, data, reporter, checkpointing, pick_device(), resume)
             except TrainingHandedBack as handed_back:
                 log.info(
-                    "job %s: attempt %d handed back after epoch %d (worker shutting down)",
+                    "job %s: attempt %d handed back with %d epochs done (worker shutting down)",
                     job_id,
                     claim.attempt,
-                    handed_back.epochs_completed - 1,
+                    handed_back.epochs_completed,
                 )
                 reporter.hand_back(retry_seconds=settings.handback_grace_seconds)
                 return
