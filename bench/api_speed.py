@@ -16,8 +16,8 @@ part 1 are never trained by the worker of part 2, nor by anyone else's.
 import argparse
 import os
 import re
-import secrets
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -32,18 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-import redis
 
 from shared.broker import TRAIN_TASK
 from shared.settings import Settings
+from tests.integration.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
 from tests.integration.stack import Stack, wait_until
 from tests.mnist_fixtures import write_synthetic_mnist
-
-POSTGRES_ADMIN = os.environ.get(
-    "TUNELAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("TUNELAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 P50_TARGET_MS = 10.0
 SUBMIT_TO_RUNNING_TARGET_MS = 100.0
@@ -62,12 +56,8 @@ def small_job(name: str) -> dict[str, Any]:
 
 
 def percentile(values: Sequence[float], share: float) -> float:
-    """The `share` quantile (0..1) by linear interpolation between the closest ranks."""
-    ordered = sorted(values)
-    position = share * (len(ordered) - 1)
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    """The `share` quantile (0.01..0.99), interpolated between the closest ranks."""
+    return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
 
 
 def parse_time(text: str) -> float:
@@ -76,34 +66,6 @@ def parse_time(text: str) -> float:
 
 
 # --- deployments ---------------------------------------------------------------------
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """An empty PostgreSQL database for one part of the run, dropped afterwards."""
-    name = f"tunelab_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def fresh_queue(redis_url: str) -> Iterator[str]:
-    """A queue name no one else uses; its keys (messages left queued included) go after."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
-    client.ping()
-    queue = f"tunelab-bench-{secrets.token_hex(4)}"
-    try:
-        yield queue
-    finally:
-        for key in client.scan_iter(f"*{queue}*"):
-            client.delete(key)
-        client.close()
 
 
 @contextmanager
@@ -118,8 +80,11 @@ def deployment(args: argparse.Namespace, part: str, worker: bool) -> Iterator[St
                 "training",
             )
         else:
-            database_url = cleanup.enter_context(fresh_database(args.postgres))
-            broker_url, queue = args.redis, cleanup.enter_context(fresh_queue(args.redis))
+            database_url = cleanup.enter_context(fresh_database(args.postgres, "tunelab_bench"))
+            broker_url, queue = (
+                args.redis,
+                cleanup.enter_context(fresh_queue(args.redis, "tunelab-bench")),
+            )
         overrides = {
             # The production heartbeat, not the integration tests' fast one.
             "TUNELAB_HEARTBEAT_SECONDS": str(Settings.model_fields["heartbeat_seconds"].default),

@@ -4,24 +4,21 @@ Outside CI a missing service skips these tests; with CI set, it fails them.
 """
 
 import os
-import secrets
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 import pytest
 import redis
 
+from tests.integration.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
 from tests.integration.stack import Stack
 from tests.mnist_fixtures import write_synthetic_mnist
 
-POSTGRES_ADMIN = os.environ.get(
-    "TUNELAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("TUNELAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-
-def _unavailable(service: str, error: Exception) -> None:
+def _unavailable(service: str, error: Exception) -> NoReturn:
     message = f"{service} is not reachable ({error})"
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI needs it for the integration tests")
@@ -31,32 +28,23 @@ def _unavailable(service: str, error: Exception) -> None:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name = f"tunelab_it_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as error:
-        _unavailable("PostgreSQL", error)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with ExitStack() as cleanup:
+        try:
+            url = cleanup.enter_context(fresh_database(POSTGRES_ADMIN, "tunelab_it"))
+        except psycopg.OperationalError as error:
+            _unavailable("PostgreSQL", error)
+        yield url
 
 
 @pytest.fixture
 def redis_queue() -> Iterator[tuple[str, str]]:
     """The machine's Redis and a queue name no one else uses; its keys are removed after."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        _unavailable("Redis", error)
-    queue = f"tunelab-it-{secrets.token_hex(4)}"
-    yield REDIS_URL, queue
-    for key in client.scan_iter(f"*{queue}*"):
-        client.delete(key)
-    client.close()
+    with ExitStack() as cleanup:
+        try:
+            queue = cleanup.enter_context(fresh_queue(REDIS_URL, "tunelab-it"))
+        except redis.RedisError as error:
+            _unavailable("Redis", error)
+        yield REDIS_URL, queue
 
 
 def _started(stack: Stack) -> Iterator[Stack]:
