@@ -1,11 +1,10 @@
-"""The database engine and sessions: PostgreSQL in production, SQLite embedded."""
+"""The database engine: PostgreSQL in production, SQLite embedded."""
 
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
 
 def make_engine(database_url: str) -> Engine:
@@ -30,8 +29,3 @@ def make_engine(database_url: str) -> Engine:
         cursor.close()
 
     return engine
-
-
-def sessions(engine: Engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        yield session

@@ -2,7 +2,7 @@
 
 import hmac
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -11,8 +11,8 @@ from sqlmodel import Session
 from api.dispatch import Dispatcher
 from api.errors import JobNotFound, Unauthorized
 from api.keys import tenant_for_key
-from api.limits import RateLimiter, enforce_rate_limit
 from api.models import Job, Tenant
+from api.rate_limit import Credential, RateLimiter
 from shared.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="A tenant API key: `tunelab keys create`")
@@ -41,22 +41,49 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
+def get_rate_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    return limiter
+
+
+def client_address(request: Request) -> str:
+    # The peer the server saw. Behind a proxy, run uvicorn with --proxy-headers and
+    # --forwarded-allow-ips, or every client shares the proxy's address and its limit.
+    return request.client.host if request.client else "unknown"
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+AddressDep = Annotated[str, Depends(client_address)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 WorkerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(worker_bearer)]
 
+# An address past its limit of failed authentications is refused outright, before its
+# credentials are looked at: a flood of bad keys then costs no database query, and a key
+# guessed right during the flood is refused like the wrong ones, so guessing gets nowhere.
+# The price is that valid credentials from that address (users behind the attacker's NAT)
+# are refused too, until a minute after the failures stop; most services make the same
+# trade, and letting valid keys through would mean looking every key up again.
 
-def current_tenant(request: Request, session: SessionDep, credentials: Credentials) -> Tenant:
+
+def _refuse(limiter: RateLimiter, credential: Credential, address: str, detail: str) -> NoReturn:
+    limiter.count_failure(credential, address)
+    raise Unauthorized(detail)
+
+
+def current_tenant(
+    session: SessionDep, limiter: RateLimiterDep, address: AddressDep, credentials: Credentials
+) -> Tenant:
+    limiter.refuse_failing_address("api-key", address)
     if credentials is None:
-        raise Unauthorized("send your API key as `Authorization: Bearer <key>`")
+        _refuse(limiter, "api-key", address, "send your API key as `Authorization: Bearer <key>`")
     tenant = tenant_for_key(session, credentials.credentials)
     if tenant is None:
-        raise Unauthorized("this API key is not valid or has been revoked")
+        _refuse(limiter, "api-key", address, "this API key is not valid or has been revoked")
     # Counted per key, by its visible prefix (tlk_<prefix>_<secret>), once it is known valid.
-    limiter: RateLimiter = request.app.state.rate_limiter
-    enforce_rate_limit(limiter, credentials.credentials.split("_", 2)[1])
+    limiter.count_request(credentials.credentials.split("_", 2)[1])
     return tenant
 
 
@@ -74,14 +101,20 @@ def tenant_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
 JobDep = Annotated[Job, Depends(tenant_job)]
 
 
-def require_worker(settings: SettingsDep, credentials: WorkerCredentials) -> None:
+def require_worker(
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    address: AddressDep,
+    credentials: WorkerCredentials,
+) -> None:
+    limiter.refuse_failing_address("worker-token", address)
     expected = settings.worker_token
     if (
         not expected
         or credentials is None
         or not hmac.compare_digest(credentials.credentials.encode(), expected.encode())
     ):
-        raise Unauthorized("worker routes need the worker token")
+        _refuse(limiter, "worker-token", address, "worker routes need the worker token")
 
 
 WorkerDep = Depends(require_worker)

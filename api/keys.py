@@ -7,7 +7,6 @@ A key reads `tlk_<prefix>_<secret>`. The prefix finds the row; the secret carrie
 import hashlib
 import hmac
 import secrets
-from datetime import datetime
 
 from sqlmodel import Session, col, select
 
@@ -57,11 +56,11 @@ def list_keys(session: Session) -> list[tuple[ApiKey, Tenant]]:
     return [(key, tenant) for key, tenant in rows]
 
 
-def revoke_key(session: Session, prefix: str, when: datetime | None = None) -> bool:
+def revoke_key(session: Session, prefix: str) -> bool:
     row = session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first()
     if row is None:
         return False
-    row.revoked_at = row.revoked_at or when or utcnow()
+    row.revoked_at = row.revoked_at or utcnow()
     session.add(row)
     session.commit()
     return True

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from api.dispatch import Dispatcher
@@ -22,6 +21,7 @@ from api.errors import (
     JobNotCancellable,
     JobNotClaimable,
     StaleAttempt,
+    TooManyJobs,
 )
 from api.models import (
     AttemptOutcome,
@@ -30,18 +30,24 @@ from api.models import (
     EpochMetricRow,
     Job,
     JobStatus,
+    Tenant,
     utcnow,
 )
 from shared.analysis import Analysis
 from shared.messages import AttemptPost, CheckpointRecord, EpochMetrics, FinishReport
 from shared.spec import JobSpec
 
+ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
+# How long a tenant at its concurrent-job limit is asked to wait: about an epoch of a
+# small model, when a slot may have come free.
+JOB_SLOT_RETRY_SECONDS = 30
+
 
 def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def find_idempotent(session: Session, tenant_id: str, key: str, body_hash: str) -> Job | None:
+def _replay(session: Session, tenant_id: str, key: str, body_hash: str) -> Job | None:
     job = session.exec(
         select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
     ).first()
@@ -52,6 +58,27 @@ def find_idempotent(session: Session, tenant_id: str, key: str, body_hash: str) 
     return job
 
 
+def _lock_tenant(session: Session, tenant_id: str) -> None:
+    """Holds the tenant's row until the transaction ends, so that one tenant's submissions
+    count and insert one at a time. A no-op update rather than SELECT ... FOR UPDATE: on
+    PostgreSQL both take the row lock, and on SQLite (which has no FOR UPDATE) the update
+    takes the database's write lock, which serialises writers just the same."""
+    session.execute(
+        update(Tenant)
+        .where(col(Tenant.id) == tenant_id)
+        .values(name=col(Tenant.name))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _active_jobs(session: Session, tenant_id: str) -> int:
+    return session.exec(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, col(Job.status).in_(ACTIVE_STATUSES))
+    ).one()
+
+
 def create_job(
     session: Session,
     tenant_id: str,
@@ -59,12 +86,32 @@ def create_job(
     analysis: Analysis,
     idempotency_key: str | None,
     body_hash: str,
+    max_active_jobs: int,
 ) -> tuple[Job, bool]:
-    """Stores a queued job; returns it and whether it is new."""
+    """Stores a queued job; returns it and whether it is new.
+
+    A replay of an earlier submission (same Idempotency-Key and body) answers with its job,
+    even when the tenant is at its limit now. Otherwise the tenant's queued and running jobs
+    are counted under the tenant's row lock, so N simultaneous submissions at the limit
+    accept exactly as many as there are free slots.
+    """
+    _lock_tenant(session, tenant_id)
     if idempotency_key is not None:
-        existing = find_idempotent(session, tenant_id, idempotency_key, body_hash)
-        if existing is not None:
-            return existing, False
+        replayed = _replay(session, tenant_id, idempotency_key, body_hash)
+        if replayed is not None:
+            # Ends the transaction (and the lock) without expiring what was read.
+            session.commit()
+            return replayed, False
+    active = _active_jobs(session, tenant_id)
+    if active >= max_active_jobs:
+        session.rollback()
+        raise TooManyJobs(
+            f"you have {active} queued or running jobs and the limit is {max_active_jobs}; "
+            "wait for one to finish or cancel one",
+            headers={"Retry-After": str(JOB_SLOT_RETRY_SECONDS)},
+            active_jobs=active,
+            limit=max_active_jobs,
+        )
     job = Job(
         tenant_id=tenant_id,
         name=spec.name,
@@ -75,17 +122,7 @@ def create_job(
         request_hash=body_hash,
     )
     session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its job.
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        existing = find_idempotent(session, tenant_id, idempotency_key, body_hash)
-        if existing is None:
-            raise
-        return existing, False
+    session.commit()
     return job, True
 
 
@@ -253,21 +290,3 @@ def finish_job(session: Session, job: Job, report: FinishReport) -> None:
     job.result = report.result.model_dump() if report.result else None
     session.add(job)
     end_attempt(session, job.id, report.attempt, AttemptOutcome(report.status))
-
-
-def latest_metrics(session: Session, job_id: str) -> EpochMetricRow | None:
-    return session.exec(
-        select(EpochMetricRow)
-        .where(EpochMetricRow.job_id == job_id)
-        .order_by(col(EpochMetricRow.epoch).desc())
-    ).first()
-
-
-def checkpoints_of(session: Session, job_id: str) -> list[CheckpointRow]:
-    return list(
-        session.exec(
-            select(CheckpointRow)
-            .where(CheckpointRow.job_id == job_id)
-            .order_by(col(CheckpointRow.epoch), col(CheckpointRow.name))
-        )
-    )

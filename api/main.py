@@ -3,6 +3,7 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,8 +11,10 @@ from sqlalchemy import Engine
 
 from api.db import make_engine
 from api.dispatch import CeleryDispatcher, Dispatcher
-from api.errors import document_problems, install_error_handlers, problem_responses
-from api.limits import BodySizeLimit, NulInUrl, RateLimiter, make_rate_limiter
+from api.error_handlers import install_error_handlers
+from api.limits import BodySizeLimit, NulInUrl
+from api.problem_docs import document_problems, problem_responses
+from api.rate_limit import RateLimiter, make_rate_limiter
 from api.routes import architectures, health, internal, jobs
 from api.sweeper import Sweeper
 from shared.settings import Settings, get_settings
@@ -42,7 +45,9 @@ def create_app(
     rate_limiter: RateLimiter | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="Tunelab", version="1.0.0", description=DESCRIPTION, lifespan=_lifespan)
+    app = FastAPI(
+        title="Tunelab", version=version("tunelab"), description=DESCRIPTION, lifespan=_lifespan
+    )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
@@ -52,8 +57,9 @@ def create_app(
     install_error_handlers(app)
     for module in (jobs, architectures, health):
         app.include_router(module.router)
-    # Every worker post may find that its attempt no longer holds the job.
-    app.include_router(internal.router, responses=problem_responses(409))
+    # Every worker post may find that its attempt no longer holds the job, and an address
+    # past its limit of failed worker authentications is refused.
+    app.include_router(internal.router, responses=problem_responses(409, 429))
     _document_problems(app)
     logging.getLogger(__name__).info("Tunelab API ready")
     return app

@@ -7,7 +7,7 @@ none of them rejects a model.
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from shared.spec import (
+from shared.layers import (
     AvgPoolLayer,
     ConvLayer,
     DropoutLayer,

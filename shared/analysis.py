@@ -10,7 +10,7 @@ from math import prod
 from typing import Any
 
 from shared.advice import Advice, LayerFacts, advise
-from shared.spec import (
+from shared.layers import (
     AvgPoolLayer,
     ConvLayer,
     DropoutLayer,
@@ -68,8 +68,9 @@ def _window_output(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def analyze(layers: list[Layer], input_shape: tuple[int, ...] = MNIST_INPUT_SHAPE) -> Analysis:
-    shape: tuple[int, ...] = input_shape
+def analyze(layers: list[Layer]) -> Analysis:
+    """The analysis of `layers` on a 28x28 MNIST image."""
+    shape: tuple[int, ...] = MNIST_INPUT_SHAPE
     receptive_field, jump = 1, 1
     rows: list[LayerAnalysis] = []
     facts: list[LayerFacts] = []

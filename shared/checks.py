@@ -4,8 +4,10 @@ architecture, and the service's limits. Each problem names the field to change."
 from dataclasses import dataclass
 
 from shared.analysis import Analysis, ArchitectureError, analyze
+from shared.layers import ConvLayer, Layer, LinearLayer
+from shared.presets import DEFAULT_PRESET, PRESETS
 from shared.settings import Settings
-from shared.spec import MNIST_CLASSES, ConvLayer, JobSpec, LinearLayer, MultiStepSchedule
+from shared.spec import MNIST_CLASSES, JobSpec, ModelSpec, MultiStepSchedule
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,26 @@ def _architecture_problems(analysis: Analysis, settings: Settings) -> list[Probl
     return problems
 
 
-def check_model(spec_layers: list, settings: Settings) -> Analysis:
+def resolve_model(model: ModelSpec) -> ModelSpec:
+    """A submitted model as it is stored: the layers it trains, its preset name as a label.
+
+    Resolved once, at submission; what is stored is never resolved again.
+    """
+    if model.preset is None and model.layers is not None:
+        return model
+    name = model.preset or DEFAULT_PRESET
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise SpecRejected(
+            [Problem(("model", "preset"), f"unknown preset {name!r}; one of: {', '.join(PRESETS)}")]
+        )
+    layers = list(preset.layers)
+    if model.layers is not None and model.layers != layers:
+        raise SpecRejected([Problem(("model",), "give either `preset` or `layers`, not both")])
+    return model.model_copy(update={"preset": name, "layers": layers})
+
+
+def check_model(spec_layers: list[Layer], settings: Settings) -> Analysis:
     """Analyse layers, raising SpecRejected with the layer named if they cannot be built."""
     try:
         analysis = analyze(spec_layers)
@@ -174,10 +195,15 @@ def _compute_problems(spec: JobSpec, analysis: Analysis, settings: Settings) -> 
 
 
 def check_spec(spec: JobSpec, settings: Settings) -> Analysis:
-    """Every rule at once, so one answer lists everything to fix; returns the analysis."""
+    """Every rule at once, so one answer lists everything to fix; returns the analysis.
+
+    `spec` is resolved (its model has layers): see `admit`.
+    """
+    if spec.model.layers is None:
+        raise SpecRejected([Problem(("model", "layers"), "a stored spec carries its layers")])
     problems = _schedule_problems(spec) + _limit_problems(spec, settings)
     try:
-        analysis = check_model(spec.model.layers or [], settings)
+        analysis = check_model(spec.model.layers, settings)
     except SpecRejected as rejected:
         problems += rejected.problems
         raise SpecRejected(problems) from rejected
@@ -185,3 +211,9 @@ def check_spec(spec: JobSpec, settings: Settings) -> Analysis:
     if problems:
         raise SpecRejected(problems)
     return analysis
+
+
+def admit(spec: JobSpec, settings: Settings) -> tuple[JobSpec, Analysis]:
+    """A submitted spec as it will be stored, with its analysis, or SpecRejected."""
+    resolved = spec.model_copy(update={"model": resolve_model(spec.model)})
+    return resolved, check_spec(resolved, settings)

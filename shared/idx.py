@@ -2,7 +2,6 @@
 
 import struct
 from collections.abc import Sequence
-from pathlib import Path
 
 UBYTE = 0x08
 
@@ -13,15 +12,6 @@ class IdxFormatError(ValueError):
 
 def idx_header(shape: Sequence[int]) -> bytes:
     return struct.pack(">BBBB", 0, 0, UBYTE, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
-
-
-def write_idx(path: Path, shape: Sequence[int], data: bytes) -> None:
-    expected = 1
-    for size in shape:
-        expected *= size
-    if len(data) != expected:
-        raise IdxFormatError(f"{len(data)} bytes do not fill the shape {list(shape)}")
-    path.write_bytes(idx_header(shape) + data)
 
 
 def read_idx(raw: bytes) -> tuple[list[int], memoryview]:

@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.spec import PRINTABLE, JobSpec
+from shared.spec import JobSpec
+from shared.strict import PRINTABLE
 
 
 class Message(BaseModel):

@@ -1,13 +1,8 @@
 """Named model presets, listed at GET /v1/presets."""
 
-from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-from pydantic import TypeAdapter
-
-if TYPE_CHECKING:
-    from shared.spec import Layer
+from shared.layers import LAYER_LIST, Layer
 
 
 @dataclass(frozen=True)
@@ -17,6 +12,11 @@ class Preset:
     raw_layers: tuple[dict[str, object], ...]
     # The rest of a job spec that trains this model well (merged under `model`).
     recipe: tuple[tuple[str, object], ...] = ()
+    # Validated once, when the preset is made at import: a broken table fails at start-up.
+    layers: tuple[Layer, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(LAYER_LIST.validate_python(self.raw_layers)))
 
     def job(self) -> dict[str, object]:
         """A complete job body: the recipe with this preset as its model."""
@@ -24,16 +24,14 @@ class Preset:
         model = dict(body.pop("model", {}))  # type: ignore[call-overload]
         return {**body, "model": {**model, "preset": self.name}}
 
-    @cached_property
-    def layers(self) -> "list[Layer]":
-        from shared.spec import Layer
 
-        return TypeAdapter(list[Layer]).validate_python(list(self.raw_layers))
+# The model of a spec that names neither a preset nor layers.
+DEFAULT_PRESET = "baseline"
 
 
-def _scores(kernel_size: int = 3) -> dict[str, object]:
+def _scores() -> dict[str, object]:
     # The class scores: no batch norm and no activation before the softmax.
-    return {"type": "conv", "out_channels": 10, "kernel_size": kernel_size, "activation": "none"}
+    return {"type": "conv", "out_channels": 10, "kernel_size": 3, "activation": "none"}
 
 
 # Fifteen epochs of one-cycle SGD with small random rotations: the recipe of the compact

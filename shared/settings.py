@@ -60,10 +60,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024, ge=1024)
     # Queued plus running jobs one tenant may have; one more is refused (429).
     max_concurrent_jobs: int = Field(default=8, ge=1)
-    # Requests per minute one API key may make to the /v1 routes (429 beyond).
+    # Requests one API key may make to the /v1 routes in any minute, a moving window (429
+    # beyond).
     requests_per_minute: int = Field(default=600, ge=1)
-    # Where the per-key request counts live: empty counts in this process (one API process,
-    # the embedded default); a redis:// URL shares them between API processes (production).
+    # Failed authentications one client address may make in any minute, to the /v1 routes
+    # and, counted apart, to the worker routes; beyond it the address is refused (429) before
+    # its credentials are even looked at, valid ones included.
+    failed_auth_per_minute: int = Field(default=30, ge=1)
+    # Where the rate limits count: empty counts in this process (one API process, the
+    # embedded default); a redis:// URL shares the counts between API processes (production).
     rate_limit_url: str = ""
 
     @field_validator("rate_limit_url")

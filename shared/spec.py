@@ -1,117 +1,35 @@
 """The job spec: the body of POST /v1/jobs, with a sensible default for every field.
 
-Layers, optimizers and schedules are discriminated unions keyed by `type` or
-`name`: supporting another one means adding a model class to its union here and
-a builder for it in the worker, nothing else.
+Optimizers and schedules are discriminated unions keyed by `name`, layers (shared.layers)
+by `type`: supporting another one means adding a model class to its union and a builder
+for it in the worker, nothing else.
 """
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from shared.layers import Layer, Probability
+from shared.strict import PRINTABLE, StrictModel
 
 MNIST_CLASSES = 10
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 
 
-# Printable text only: control characters (NUL above all) have no place in a name, and
-# PostgreSQL refuses to store a NUL.
-PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
-
-
-class StrictModel(BaseModel):
-    # Unknown fields are an error, so a typo never silently trains the wrong thing; JSON's
-    # Infinity and NaN are refused, since no hyperparameter means them.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "none"]
-Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
-
-
-class ConvLayer(StrictModel):
-    type: Literal["conv"]
-    out_channels: int = Field(ge=1)
-    kernel_size: int = Field(default=3, ge=1, le=28)
-    stride: int = Field(default=1, ge=1, le=28)
-    padding: int = Field(default=0, ge=0, le=14)
-    batch_norm: bool = False
-    # None takes the model-wide `model.dropout`.
-    dropout: Probability | None = None
-    activation: Activation = "relu"
-
-
-class MaxPoolLayer(StrictModel):
-    type: Literal["maxpool"]
-    kernel_size: int = Field(default=2, ge=1, le=28)
-    # None means the kernel size, as in torch.
-    stride: int | None = Field(default=None, ge=1, le=28)
-    padding: int = Field(default=0, ge=0, le=14)
-
-
-class AvgPoolLayer(StrictModel):
-    type: Literal["avgpool"]
-    kernel_size: int = Field(default=2, ge=1, le=28)
-    stride: int | None = Field(default=None, ge=1, le=28)
-    padding: int = Field(default=0, ge=0, le=14)
-
-
-class GlobalAvgPoolLayer(StrictModel):
-    type: Literal["gap"]
-
-
-class FlattenLayer(StrictModel):
-    type: Literal["flatten"]
-
-
-class LinearLayer(StrictModel):
-    type: Literal["linear"]
-    out_features: int = Field(ge=1)
-    activation: Activation = "none"
-    dropout: Probability = 0.0
-
-
-class DropoutLayer(StrictModel):
-    type: Literal["dropout"]
-    p: Probability = 0.5
-
-
-Layer = Annotated[
-    ConvLayer
-    | MaxPoolLayer
-    | AvgPoolLayer
-    | GlobalAvgPoolLayer
-    | FlattenLayer
-    | LinearLayer
-    | DropoutLayer,
-    Field(discriminator="type"),
-]
-
-
 class ModelSpec(StrictModel):
-    """Either a named preset or explicit layers; with neither, the `baseline` preset."""
+    """A named preset or explicit layers.
 
-    preset: str | None = None
+    As submitted, give one of the two (neither means the `baseline` preset); the API
+    resolves a preset into its layers before it stores the job. As stored with a job, the
+    layers are what trains and `preset` is only a label: a stored spec is never resolved
+    against today's presets again, so editing or removing a preset never breaks a job.
+    """
+
+    preset: str | None = Field(default=None, max_length=100, pattern=PRINTABLE)
     layers: list[Layer] | None = Field(default=None, min_length=1)
     # The dropout of every conv layer that does not set its own.
     dropout: Probability = 0.0
-
-    @model_validator(mode="after")
-    def _resolve_preset(self) -> "ModelSpec":
-        from shared.presets import PRESETS
-
-        if self.preset is None and self.layers is None:
-            self.preset = "baseline"
-        if self.preset is None:
-            return self
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; one of: {', '.join(PRESETS)}")
-        preset_layers = PRESETS[self.preset].layers
-        if self.layers is not None and self.layers != preset_layers:
-            raise ValueError("give either `preset` or `layers`, not both")
-        # The stored spec carries the layers it trains, so it reads on its own.
-        self.layers = preset_layers
-        return self
 
 
 class AugmentSpec(StrictModel):

@@ -5,12 +5,21 @@ in a few batches and accuracy means something.
 """
 
 import random
+from collections.abc import Sequence
+from math import prod
 from pathlib import Path
 
-from shared.idx import write_idx
+from shared.idx import IdxFormatError, idx_header
 from worker.mnist_files import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_dir
 
 SIDE = 28
+
+
+def write_idx(path: Path, shape: Sequence[int], data: bytes) -> None:
+    """An IDX file of `shape` holding `data`, which must fill it exactly."""
+    if len(data) != prod(shape):
+        raise IdxFormatError(f"{len(data)} bytes do not fill the shape {list(shape)}")
+    path.write_bytes(idx_header(shape) + data)
 
 
 def _patterns(rng: random.Random) -> list[bytes]:

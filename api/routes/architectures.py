@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import SettingsDep, TenantDep
-from shared.checks import Problem, SpecRejected, check_model
+from shared.checks import Problem, SpecRejected, check_model, resolve_model
 from shared.presets import PRESETS
 from shared.spec import ModelSpec
 
@@ -31,7 +31,8 @@ def analyze_architecture(
 ) -> dict[str, Any]:
     """Per-layer output shape, receptive field, parameters and multiply-adds, without training."""
     try:
-        return check_model(model.layers or [], settings).to_dict()
+        resolved = resolve_model(model)
+        return check_model(resolved.layers or [], settings).to_dict()
     except SpecRejected as rejected:
         # The body here is the model itself, so paths start at its `layers`.
         raise SpecRejected(
@@ -44,14 +45,14 @@ def list_presets(settings: SettingsDep, _tenant: TenantDep) -> PresetList:
     """Named models to start from, each with its analysis."""
     items = []
     for preset in PRESETS.values():
-        model = ModelSpec(preset=preset.name)
+        model = ModelSpec(preset=preset.name, layers=list(preset.layers))
         items.append(
             PresetPublic(
                 name=preset.name,
                 description=preset.description,
                 model=model.model_dump(mode="json"),
                 job=preset.job(),
-                analysis=check_model(model.layers or [], settings).to_dict(),
+                analysis=check_model(list(preset.layers), settings).to_dict(),
             )
         )
     return PresetList(items=items)

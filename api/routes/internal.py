@@ -8,7 +8,6 @@ from fastapi import APIRouter
 
 from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerDep
 from api.ledger import (
-    checkpoints_of,
     claim_job,
     dispatch,
     finish_job,
@@ -17,6 +16,7 @@ from api.ledger import (
     release_job,
     renew_lease,
 )
+from api.reads import checkpoints_of
 from shared.messages import (
     AttemptAnswer,
     CheckpointRecord,

@@ -9,22 +9,22 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
-from api.errors import CheckpointNotFound, TooManyJobs, problem_responses
-from api.ledger import (
-    attempts_of,
-    cancel_job,
+from api.errors import CheckpointNotFound
+from api.ledger import cancel_job, create_job, dispatch, request_hash
+from api.models import JobStatus
+from api.problem_docs import problem_responses
+from api.reads import (
+    checkpoint_named,
     checkpoints_of,
-    create_job,
-    dispatch,
-    find_idempotent,
-    latest_metrics,
-    request_hash,
+    job_status,
+    job_view,
+    jobs_page,
+    metrics_after,
 )
-from api.models import CheckpointRow, EpochMetricRow, Job, JobStatus
 from api.schemas import (
     CheckpointList,
     CheckpointPublic,
@@ -33,25 +33,13 @@ from api.schemas import (
     MetricsPage,
     metrics_of,
 )
-from shared.checks import check_spec
+from shared.checks import admit
 from shared.messages import MAX_INT32
 from shared.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 EVENT_POLL_SECONDS = 1.0
-# How long a tenant at its concurrent-job limit is asked to wait: about an epoch of a
-# small model, when a slot may have come free.
-JOB_SLOT_RETRY_SECONDS = 30
-
-
-def public(session: Session, job: Job) -> JobPublic:
-    return JobPublic.build(
-        job,
-        latest_metrics(session, job.id),
-        checkpoints_of(session, job.id),
-        attempts_of(session, job.id),
-    )
 
 
 @router.post(
@@ -73,42 +61,27 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Validate a job spec, store it as queued, and hand it to a worker."""
-    analysis = check_spec(spec, settings)
+    # Hashed as submitted, before its preset is resolved: a replay of the same body is the
+    # same request, whatever the presets are today.
     body_hash = request_hash(spec.model_dump(mode="json"))
-    # A replay answers with the job it made, even when the tenant is at its limit now.
-    replayed = idempotency_key is not None and find_idempotent(
-        session, tenant.id, idempotency_key, body_hash
+    stored, analysis = admit(spec, settings)
+    job, created = create_job(
+        session,
+        tenant.id,
+        stored,
+        analysis,
+        idempotency_key,
+        body_hash,
+        settings.max_concurrent_jobs,
     )
-    if not replayed:
-        _ensure_job_slot(session, tenant.id, settings.max_concurrent_jobs)
-    job, created = create_job(session, tenant.id, spec, analysis, idempotency_key, body_hash)
     if not created:
         response.status_code = status.HTTP_200_OK
-        return public(session, job)
+        return job_view(session, job)
     # Committed first, then sent: a job is never in the broker but not in the ledger. Sent
     # before answering, so one client's jobs reach the queue in the order it submitted them.
     dispatch(session, dispatcher, job.id)
     # A new job has no metrics, checkpoints or attempts yet: no need to ask the database.
     return JobPublic.build(job, None, [], [])
-
-
-def _ensure_job_slot(session: Session, tenant_id: str, limit: int) -> None:
-    active = session.exec(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.tenant_id == tenant_id,
-            col(Job.status).in_([JobStatus.queued, JobStatus.running]),
-        )
-    ).one()
-    if active >= limit:
-        raise TooManyJobs(
-            f"you have {active} queued or running jobs and the limit is {limit}; "
-            "wait for one to finish or cancel one",
-            headers={"Retry-After": str(JOB_SLOT_RETRY_SECONDS)},
-            active_jobs=active,
-            limit=limit,
-        )
 
 
 @router.get("", response_model=JobList)
@@ -120,27 +93,13 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> JobList:
     """The tenant's jobs, newest first."""
-    query = select(Job).where(Job.tenant_id == tenant.id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if cursor:
-        query = query.where(col(Job.id) < cursor)
-    jobs = list(session.exec(query.order_by(col(Job.id).desc()).limit(limit + 1)))
-    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
-    return JobList(items=[public(session, job) for job in jobs[:limit]], next_cursor=next_cursor)
+    return jobs_page(session, tenant.id, limit, cursor, status)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job: JobDep, session: SessionDep) -> JobPublic:
     """One job: status, progress, latest metrics, best epoch, checkpoints."""
-    return public(session, job)
-
-
-def _metrics_after(session: Session, job_id: str, since_epoch: int | None) -> list[EpochMetricRow]:
-    query = select(EpochMetricRow).where(EpochMetricRow.job_id == job_id)
-    if since_epoch is not None:
-        query = query.where(col(EpochMetricRow.epoch) > since_epoch)
-    return list(session.exec(query.order_by(col(EpochMetricRow.epoch))))
+    return job_view(session, job)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
@@ -153,7 +112,7 @@ def get_metrics(
     ] = None,
 ) -> MetricsPage:
     """The job's per-epoch metrics rows, oldest first; `since_epoch=N` returns epochs after N."""
-    rows = _metrics_after(session, job.id, since_epoch)
+    rows = metrics_after(session, job.id, since_epoch)
     return MetricsPage(
         job_id=job.id, status=JobStatus(job.status), items=[metrics_of(row) for row in rows]
     )
@@ -162,15 +121,16 @@ def get_metrics(
 def _events_since(engine: Engine, job_id: str, last_epoch: int) -> tuple[list[str], int, bool]:
     """The SSE frames for epochs after `last_epoch`, the newest epoch, and whether it ended."""
     with Session(engine) as session:
-        job = session.get(Job, job_id)
+        # The status first: a job that ended after this read still sends its last epochs.
+        state = job_status(session, job_id)
         frames = []
-        for row in _metrics_after(session, job_id, last_epoch):
+        for row in metrics_after(session, job_id, last_epoch):
             last_epoch = row.epoch
             frames.append(f"event: metrics\ndata: {metrics_of(row).model_dump_json()}\n\n")
-        ended = job is None or JobStatus(job.status).finished
+        ended = state is None or state.finished
         if ended:
-            state = job.status if job else "unknown"
-            frames.append(f"event: status\ndata: {json.dumps({'status': state})}\n\n")
+            end = {"status": str(state) if state else "unknown"}
+            frames.append(f"event: status\ndata: {json.dumps(end)}\n\n")
     return frames, last_epoch, ended
 
 
@@ -202,7 +162,7 @@ async def stream_events(job: JobDep, request: Request) -> StreamingResponse:
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=problem_responses(409))
 def cancel(job: JobDep, session: SessionDep) -> JobPublic:
     """Cancel a queued or running job; a running one stops at its next batch."""
-    return public(session, cancel_job(session, job))
+    return job_view(session, cancel_job(session, job))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
@@ -222,7 +182,7 @@ def download_checkpoint(
     name: str, job: JobDep, session: SessionDep, settings: SettingsDep
 ) -> FileResponse:
     """Download one checkpoint file by its recorded name."""
-    row = session.get(CheckpointRow, (job.id, name))
+    row = checkpoint_named(session, job.id, name)
     missing = CheckpointNotFound(f"job {job.id} has no checkpoint {name!r}")
     if row is None:
         raise missing

@@ -37,9 +37,7 @@ METRICS_COMPARED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy"
 
 
 def metric_rows(client_http: httpx.Client, job_id: str) -> list[dict[str, float]]:
-    items: list[dict[str, float]] = client_http.get(
-        f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}
-    ).json()["items"]
+    items: list[dict[str, float]] = client_http.get(f"/v1/jobs/{job_id}/metrics").json()["items"]
     return items
 
 

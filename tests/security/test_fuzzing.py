@@ -141,7 +141,11 @@ class Sender:
 def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_schema(make_deployment):
     # Limits high enough that the fuzzer explores the routes rather than the limits, which
     # tests of their own cover.
-    deployment = make_deployment(requests_per_minute=1_000_000, max_concurrent_jobs=1_000_000)
+    deployment = make_deployment(
+        requests_per_minute=1_000_000,
+        failed_auth_per_minute=1_000_000,
+        max_concurrent_jobs=1_000_000,
+    )
     tenant_key = deployment.new_key("acme")
     job, checkpoint = deployment.trained_job(bearer(tenant_key))
     seeded = {"job_id": job["id"], "name": checkpoint, "tenant_key": tenant_key}

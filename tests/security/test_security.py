@@ -2,13 +2,14 @@
 (`pytest tests/security -s` shows them).
 
 Keys, isolation between tenants, path traversal against the download and the worker's
-checkpoint post, planted pickles, oversized specs and bodies, the rate limit and the
-concurrent-job limit, and what the database keeps of a key.
+checkpoint post, planted pickles, oversized specs and bodies, the rate limit, the limit on
+failed authentications and the concurrent-job limit, and what the database keeps of a key.
 """
 
 import hashlib
 import io
 import logging
+import math
 import os
 import pickle
 import re
@@ -16,17 +17,19 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlmodel import Session, select
 
 from api.keys import hash_key, revoke_key
-from api.limits import InProcessRateLimiter, RedisRateLimiter
 from api.models import CheckpointRow, Job
+from api.rate_limit import RateLimiter
 from cli.main import main as tunelab
 from tests.figures import figure as report_figure
 from tests.security.conftest import (
@@ -35,11 +38,14 @@ from tests.security.conftest import (
     Deployment,
     bearer,
 )
-from tests.unit.api.worker_calls import checkpoint_record
+from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
 
 PROBLEM = "application/problem+json"
 REDIS_URL = os.environ.get("TUNELAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = b"TOP SECRET: another tenant's weights"
+# Tests that send many bad credentials on purpose lift the limit on failed authentications, so
+# each one is answered 401 as the test means; TestFailedAuthentication covers that limit.
+MANY_FAILURES = {"failed_auth_per_minute": 10_000}
 
 
 def figure(line: str) -> None:
@@ -73,7 +79,8 @@ def plausible_body(path: str, operation: dict[str, Any]) -> dict[str, Any] | Non
 
 
 class TestAuthentication:
-    def test_every_v1_operation_refuses_requests_without_a_valid_key(self, deployment):
+    def test_every_v1_operation_refuses_requests_without_a_valid_key(self, make_deployment):
+        deployment = make_deployment(**MANY_FAILURES)
         owner = deployment.tenant("acme")
         job, checkpoint = deployment.trained_job(owner)
         revoked = deployment.new_key("acme")
@@ -113,7 +120,10 @@ class TestAuthentication:
         assert accepted == []
         assert control_accepted == len(ops)
 
-    def test_worker_routes_need_the_worker_token_and_the_attempt_they_claimed(self, deployment):
+    def test_worker_routes_need_the_worker_token_and_the_attempt_they_claimed(
+        self, make_deployment
+    ):
+        deployment = make_deployment(**MANY_FAILURES)
         tenant = deployment.tenant("acme")
         held = deployment.submit(tenant)
         other = deployment.submit(tenant)
@@ -604,24 +614,23 @@ class TestOversizedInput:
         assert response.headers["content-type"] == PROBLEM
 
 
-class FixedClock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# Five seconds into a minute: the window has 55 seconds left.
-WINDOW_START = 60.0 * 29_000_000
-CLOCK_START = WINDOW_START + 5
-
-
 def burst(deployment: Deployment, headers: dict[str, str], count: int) -> list[Any]:
     return [deployment.client.get("/v1/jobs", headers=headers) for _ in range(count)]
 
 
-def check_burst(label: str, responses: list[Any], limit: int) -> None:
+def timed(send: Callable[[], list[Any]]) -> tuple[list[Any], float]:
+    """The responses, and the seconds from just before the first was sent to after the last."""
+    started = time.time()
+    responses = send()
+    return responses, time.time() - started
+
+
+def retry_after_is_a_minute_from_the_first(retry_after: list[int], elapsed: float) -> bool:
+    # The window's oldest request is the burst's first: one more fits a minute after it.
+    return all(math.floor(60 - elapsed) <= seconds <= 60 for seconds in retry_after)
+
+
+def check_burst(label: str, responses: list[Any], limit: int, elapsed: float) -> None:
     limited = [r for r in responses if r.status_code == 429]
     served = [r for r in responses if r.status_code == 200]
     server_errors = [r for r in responses if r.status_code >= 500]
@@ -634,7 +643,7 @@ def check_burst(label: str, responses: list[Any], limit: int) -> None:
     assert len(served) == limit
     assert len(limited) == limit
     assert server_errors == []
-    assert retry_after == [55]
+    assert retry_after_is_a_minute_from_the_first(retry_after, elapsed), (retry_after, elapsed)
     for response in limited:
         assert response.headers["content-type"] == PROBLEM
         assert response.json()["status"] == 429
@@ -653,9 +662,9 @@ def redis_prefix() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI needs it for the Redis rate limit")
         pytest.skip(message)
-    prefix = f"tunelab-test:{uuid.uuid4().hex}:"
+    prefix = f"tunelab-test:{uuid.uuid4().hex}"
     yield prefix
-    for key in client.scan_iter(match=f"{prefix}*"):
+    for key in client.scan_iter(match=f"{prefix}:*"):
         client.delete(key)
     client.close()
 
@@ -664,40 +673,47 @@ class TestRateLimit:
     LIMIT = 20
 
     def test_in_process_limit_answers_429_with_retry_after(self, make_deployment):
-        clock = FixedClock(CLOCK_START)
-        limiter = InProcessRateLimiter(self.LIMIT, clock=clock)
-        deployment = make_deployment(rate_limiter=limiter, requests_per_minute=self.LIMIT)
+        # No TUNELAB_RATE_LIMIT_URL: counted in this process.
+        deployment = make_deployment(requests_per_minute=self.LIMIT)
         tenant = deployment.tenant("acme")
-        check_burst("in process", burst(deployment, tenant, 2 * self.LIMIT), self.LIMIT)
-        # Another key has its own count; the next window starts afresh.
+        responses, elapsed = timed(lambda: burst(deployment, tenant, 2 * self.LIMIT))
+        check_burst("in process", responses, self.LIMIT, elapsed)
+        # Another key has its own count.
         assert burst(deployment, deployment.tenant("acme"), 1)[0].status_code == 200
-        clock.now = WINDOW_START + 60
-        assert burst(deployment, tenant, 1)[0].status_code == 200
 
     def test_redis_limit_is_shared_by_api_processes(self, make_deployment, redis_prefix):
-        clock = FixedClock(CLOCK_START)
-
-        def limiter() -> RedisRateLimiter:
-            return RedisRateLimiter(REDIS_URL, self.LIMIT, prefix=redis_prefix, clock=clock)
+        def limiter() -> RateLimiter:
+            return RateLimiter(
+                REDIS_URL,
+                requests_per_minute=self.LIMIT,
+                failed_auth_per_minute=self.LIMIT,
+                key_prefix=redis_prefix,
+            )
 
         # Two API processes, one database, one Redis: the burst is split between them.
         first = make_deployment(rate_limiter=limiter(), requests_per_minute=self.LIMIT)
         second = make_deployment(rate_limiter=limiter(), same_database_as=first)
         key = first.tenant("acme")
-        responses = [
-            (first if index % 2 == 0 else second).client.get("/v1/jobs", headers=key)
-            for index in range(2 * self.LIMIT)
-        ]
-        check_burst("Redis, two API processes", responses, self.LIMIT)
-        clock.now = WINDOW_START + 60
-        assert second.client.get("/v1/jobs", headers=key).status_code == 200
+        responses, elapsed = timed(
+            lambda: [
+                (first if index % 2 == 0 else second).client.get("/v1/jobs", headers=key)
+                for index in range(2 * self.LIMIT)
+            ]
+        )
+        check_burst("Redis, two API processes", responses, self.LIMIT, elapsed)
+        assert second.client.get("/v1/jobs", headers=first.tenant("acme")).status_code == 200
 
     def test_an_unreachable_redis_lets_requests_through(self, make_deployment, caplog):
         # Nothing listens on port 1; the limiter fails open and says so in the log.
-        limiter = RedisRateLimiter("redis://127.0.0.1:1/0", 2, timeout_seconds=0.2)
+        limiter = RateLimiter(
+            "redis://127.0.0.1:1/0",
+            requests_per_minute=2,
+            failed_auth_per_minute=2,
+            timeout_seconds=0.2,
+        )
         deployment = make_deployment(rate_limiter=limiter, requests_per_minute=2)
         tenant = deployment.tenant("acme")
-        with caplog.at_level(logging.WARNING, logger="api.limits"):
+        with caplog.at_level(logging.WARNING, logger="api.rate_limit"):
             started = time.monotonic()
             responses = burst(deployment, tenant, 10)
             elapsed = time.monotonic() - started
@@ -711,6 +727,100 @@ class TestRateLimit:
         assert [r.status_code for r in responses] == [200] * len(responses)
         # One failed connection, then Redis is left alone for a while: one warning, no stall.
         assert len(warnings) == 1
+
+
+def invalid_key() -> str:
+    return f"tlk_{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}"
+
+
+class CountedQueries:
+    """Counts the SQL statements an engine runs while `counting` is set."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.engine = deployment.engine
+        self.counting = False
+        self.count = 0
+        event.listen(self.engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.count += self.counting
+
+    def remove(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._count)
+
+
+class TestFailedAuthentication:
+    LIMIT = 30
+
+    def test_a_flood_of_invalid_keys_from_one_address_is_refused_before_any_lookup(
+        self, make_deployment
+    ):
+        deployment = make_deployment(failed_auth_per_minute=self.LIMIT)
+        owner = deployment.tenant("acme")
+        job = deployment.submit(owner)
+        queries = CountedQueries(deployment)
+
+        def flood() -> list[Any]:
+            responses = []
+            for _ in range(100):
+                # Once the address is over the limit, no answer may cost a database query.
+                queries.counting = len(responses) >= self.LIMIT
+                responses.append(deployment.client.get("/v1/jobs", headers=bearer(invalid_key())))
+            queries.counting = False
+            return responses
+
+        responses, elapsed = timed(flood)
+        queries.remove()
+        statuses = [r.status_code for r in responses]
+        limited = [r for r in responses if r.status_code == 429]
+        retry_after = sorted({int(r.headers["retry-after"]) for r in limited})
+        server_errors = sum(status >= 500 for status in statuses)
+        # The address is refused whatever it sends, a valid key included; another address,
+        # and the worker token from this one, are not held back.
+        same_address = deployment.client.get("/v1/jobs", headers=owner)
+        elsewhere = TestClient(deployment.app, client=("198.51.100.7", 50000))
+        try:
+            other_address = elsewhere.get("/v1/jobs", headers=owner)
+        finally:
+            elsewhere.close()
+        worker = deployment.worker.claim(job["id"])
+        figure(
+            f"failed auth: {len(responses)} requests with invalid keys / "
+            f"{statuses.count(401)} answered 401, {len(limited)} answered 429 with Retry-After "
+            f"{retry_after} s, {server_errors} 5xx; {queries.count} database queries for the "
+            f"429s; then a valid key from that address {same_address.status_code}, from "
+            f"another {other_address.status_code}, the worker token {worker.status_code}"
+        )
+        assert statuses == [401] * self.LIMIT + [429] * (len(responses) - self.LIMIT)
+        assert server_errors == 0
+        assert retry_after_is_a_minute_from_the_first(retry_after, elapsed), (retry_after, elapsed)
+        for response in limited:
+            assert response.headers["content-type"] == PROBLEM
+            assert response.json()["status"] == 429
+        assert queries.count == 0
+        assert same_address.status_code == 429
+        assert int(same_address.headers["retry-after"]) >= 1
+        assert other_address.status_code == 200
+        assert worker.status_code == 200
+
+    def test_wrong_worker_tokens_from_one_address_are_refused_past_the_limit(self, make_deployment):
+        deployment = make_deployment(failed_auth_per_minute=self.LIMIT)
+        job = deployment.submit(deployment.tenant("acme"))
+        wrong = [
+            WorkerCalls(deployment.client, bearer(secrets.token_urlsafe(24))).claim(job["id"])
+            for _ in range(self.LIMIT + 10)
+        ]
+        statuses = [r.status_code for r in wrong]
+        # The right token is refused too while the address is over the limit.
+        right = deployment.worker.claim(job["id"])
+        figure(
+            f"failed auth (worker token): {len(wrong)} wrong tokens / {statuses.count(401)} "
+            f"answered 401, {statuses.count(429)} answered 429; then the right token "
+            f"{right.status_code}"
+        )
+        assert statuses == [401] * self.LIMIT + [429] * 10
+        assert all(int(r.headers["retry-after"]) >= 1 for r in wrong[self.LIMIT :])
+        assert right.status_code == 429
 
 
 class TestConcurrentJobs:

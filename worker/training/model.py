@@ -7,18 +7,18 @@ import torch
 from torch import nn
 
 from shared.analysis import analyze
-from shared.spec import (
+from shared.layers import (
     Activation,
     AvgPoolLayer,
     ConvLayer,
     DropoutLayer,
     FlattenLayer,
     GlobalAvgPoolLayer,
-    JobSpec,
     Layer,
     LinearLayer,
     MaxPoolLayer,
 )
+from shared.spec import JobSpec
 
 ACTIVATIONS: dict[Activation, Callable[[], nn.Module] | None] = {
     "relu": lambda: nn.ReLU(inplace=True),
@@ -89,5 +89,9 @@ def build_model(layers: list[Layer], model_dropout: float = 0.0) -> nn.Sequentia
 def build_for_training(spec: JobSpec, device: torch.device) -> nn.Sequential:
     """The spec's model on the device, in channels_last, the layout oneDNN's and cuDNN's
     convolution kernels are fastest with (about 5-10% on a CPU here)."""
-    model = build_model(spec.model.layers or [], spec.model.dropout).to(device)
+    if not spec.model.layers:
+        # The stored spec always carries its layers (a preset is resolved when the job is
+        # submitted); without them there is nothing to train, and no default to guess.
+        raise ValueError("the spec's model has no layers, so there is no network to train")
+    model = build_model(spec.model.layers, spec.model.dropout).to(device)
     return model.to(memory_format=torch.channels_last)

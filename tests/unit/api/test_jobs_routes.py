@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
 
+from shared.presets import PRESETS
 from shared.settings import Settings
 from tests.unit.api.conftest import RecordingDispatcher, TenantKeys
 from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
@@ -330,3 +332,89 @@ class TestPresetJobs:
             created = client.post("/v1/jobs", json=preset["job"], headers=auth)
             assert created.status_code == 201, preset["name"]
             assert created.json()["spec"]["model"]["preset"] == preset["name"]
+
+
+class StatementLog:
+    """The SQL statements an engine runs while it is recording."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.statements: list[str] = []
+        event.listen(engine, "before_cursor_execute", self._record)
+        self.engine = engine
+
+    def _record(self, _conn, _cursor, statement, _params, _context, _many) -> None:
+        self.statements.append(statement)
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+
+def jobs_with_history(client, auth, worker_auth, count: int) -> None:
+    worker = WorkerCalls(client, worker_auth)
+    for _ in range(count):
+        job_id = submit(client, auth)["id"]
+        attempt = worker.attempt(job_id)
+        for epoch in range(2):
+            response = worker.post_epoch(
+                job_id, attempt, epoch, checkpoint=checkpoint_record(job_id, epoch)
+            )
+            assert response.status_code == 200, response.text
+
+
+class TestQueryCounts:
+    def statements_for(self, client, engine, request) -> list[str]:
+        log = StatementLog(engine)
+        try:
+            request()
+        finally:
+            log.close()
+        return log.statements
+
+    def test_a_page_of_jobs_costs_the_same_queries_for_3_jobs_as_for_30(
+        self, client, auth, worker_auth, engine, settings
+    ):
+        settings.max_concurrent_jobs = 100
+
+        def page() -> None:
+            response = client.get("/v1/jobs", params={"limit": 100}, headers=auth)
+            assert response.status_code == 200
+            for job in response.json()["items"]:
+                assert job["latest_metrics"]["epoch"] == 1
+                assert [c["epoch"] for c in job["checkpoints"]] == [0, 1]
+                assert len(job["attempt_history"]) == 1
+
+        jobs_with_history(client, auth, worker_auth, 3)
+        few = self.statements_for(client, engine, page)
+        jobs_with_history(client, auth, worker_auth, 27)
+        many = self.statements_for(client, engine, page)
+        assert len(many) == len(few)
+        # The key, the page, and the latest metrics, checkpoints and attempts of its jobs.
+        assert len(many) <= 5
+
+    def test_a_submission_with_an_idempotency_key_looks_it_up_once(self, client, auth, engine):
+        headers = {**auth, "Idempotency-Key": "once"}
+        lookups = [
+            statement
+            for statement in self.statements_for(
+                client, engine, lambda: client.post("/v1/jobs", json=QUICK_JOB, headers=headers)
+            )
+            if statement.lstrip().upper().startswith("SELECT")
+            and "jobs.idempotency_key =" in statement
+        ]
+        assert len(lookups) == 1
+
+
+class TestStoredSpecs:
+    def test_a_queued_job_is_claimed_as_stored_after_its_preset_changed(
+        self, client, auth, worker_auth, monkeypatch
+    ):
+        job = submit(client, auth, {**QUICK_JOB, "model": {"preset": "compact-8k"}})
+        stored_layers = job["spec"]["model"]["layers"]
+        monkeypatch.delitem(PRESETS, "compact-8k")
+
+        claim = WorkerCalls(client, worker_auth).claim(job["id"])
+        assert claim.status_code == 200, claim.text
+        spec = claim.json()["spec"]
+        assert spec["model"]["layers"] == stored_layers
+        assert spec["model"]["preset"] == "compact-8k"
+        assert client.get(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200

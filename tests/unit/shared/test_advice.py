@@ -2,8 +2,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from shared.analysis import analyze
+from shared.layers import Layer
 from shared.presets import PRESETS
-from shared.spec import Layer
 
 LAYERS = TypeAdapter(list[Layer])
 

@@ -7,7 +7,7 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from shared.analysis import Analysis, ArchitectureError, analyze
-from shared.spec import Layer
+from shared.layers import Layer
 from worker.training.model import build_model
 
 LAYERS = TypeAdapter(list[Layer])

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.idx import IdxFormatError, idx_header, read_idx, write_idx
+from shared.idx import IdxFormatError, idx_header, read_idx
+from tests.mnist_fixtures import write_idx
 
 
 def pixel_bytes(count: int) -> bytes:

@@ -3,7 +3,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.presets import PRESETS
+from shared.checks import SpecRejected, admit, resolve_model
+from shared.presets import PRESETS, Preset
+from shared.settings import Settings
 from shared.spec import CyclicSchedule, JobSpec, OneCycleSchedule, SGDSpec
 
 
@@ -28,10 +30,12 @@ def rejected(body: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 class TestEmptySpec:
-    def test_is_valid_with_the_baseline_preset_resolved_into_layers(self):
+    def test_is_valid_and_resolves_to_the_baseline_preset(self):
         spec = JobSpec.model_validate({})
-        assert spec.model.preset == "baseline"
-        assert spec.model.layers == PRESETS["baseline"].layers
+        assert spec.model.preset is None and spec.model.layers is None
+        resolved = resolve_model(spec.model)
+        assert resolved.preset == "baseline"
+        assert resolved.layers == list(PRESETS["baseline"].layers)
 
     def test_trains_for_one_epoch(self):
         assert JobSpec.model_validate({}).epochs == 1
@@ -226,24 +230,44 @@ class TestBadValues:
 
 
 class TestPresets:
-    def test_unknown_preset_is_rejected(self):
-        with pytest.raises(ValidationError, match="unknown preset 'tiny'"):
-            JobSpec.model_validate({"model": {"preset": "tiny"}})
+    def test_unknown_preset_is_rejected_at_model_preset(self):
+        model = JobSpec.model_validate({"model": {"preset": "tiny"}}).model
+        with pytest.raises(SpecRejected) as caught:
+            resolve_model(model)
+        [problem] = caught.value.problems
+        assert problem.location == ("model", "preset")
+        assert "unknown preset 'tiny'" in problem.message and "baseline" in problem.message
 
     def test_preset_with_different_layers_is_rejected(self):
         body = {"model": {"preset": "baseline", "layers": small_network(conv())}}
-        assert rejected(body) == [("model",)]
+        with pytest.raises(SpecRejected) as caught:
+            resolve_model(JobSpec.model_validate(body).model)
+        assert [p.location for p in caught.value.problems] == [("model",)]
 
     def test_preset_with_its_own_layers_is_accepted(self):
         # A stored spec carries both, and must be accepted when submitted again.
         layers = [layer.model_dump() for layer in PRESETS["baseline"].layers]
-        spec = JobSpec.model_validate({"model": {"preset": "baseline", "layers": layers}})
-        assert spec.model.layers == PRESETS["baseline"].layers
+        model = JobSpec.model_validate({"model": {"preset": "baseline", "layers": layers}}).model
+        assert resolve_model(model).layers == list(PRESETS["baseline"].layers)
 
     def test_explicit_layers_leave_the_preset_unset(self):
-        spec = JobSpec.model_validate({"model": {"layers": small_network(conv())}})
-        assert spec.model.preset is None
-        assert len(spec.model.layers) == 3
+        model = JobSpec.model_validate({"model": {"layers": small_network(conv())}}).model
+        resolved = resolve_model(model)
+        assert resolved.preset is None
+        assert resolved.layers is not None and len(resolved.layers) == 3
+
+    def test_a_stored_spec_reads_on_its_own_whatever_the_presets_are_now(self, monkeypatch):
+        stored = admit(JobSpec.model_validate({"model": {"preset": "compact-8k"}}), Settings())[0]
+        row = stored.model_dump(mode="json")
+        monkeypatch.delitem(PRESETS, "compact-8k")
+        # Reading it back never looks the preset up: the layers are what trains.
+        read = JobSpec.model_validate(row)
+        assert read == stored
+        assert read.model.preset == "compact-8k"
+
+    def test_preset_tables_are_validated_once_when_made(self):
+        with pytest.raises(ValidationError):
+            Preset(name="broken", description="", raw_layers=({"type": "conv"},))
 
 
 class TestBatchSizeForEpoch:

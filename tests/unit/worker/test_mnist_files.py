@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.idx import idx_header, write_idx
+from shared.idx import idx_header
+from tests.mnist_fixtures import write_idx
 from worker import mnist_files
 from worker.mnist_files import (
     TEST_IMAGES,

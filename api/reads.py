@@ -1,0 +1,117 @@
+"""What clients read about jobs: pages and views, each loaded with a fixed number of queries.
+
+The ledger (api.ledger) changes jobs; this module only reads them. A page of jobs costs one
+query for the jobs and one each for their latest metrics, checkpoints and attempts, however
+many jobs the page holds.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from api.models import AttemptRow, CheckpointRow, EpochMetricRow, Job, JobStatus
+from api.schemas import JobList, JobPublic
+
+Row = TypeVar("Row", CheckpointRow, AttemptRow)
+
+
+def job_views(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
+    """The public resources of `jobs`, in their order."""
+    if not jobs:
+        return []
+    ids = [job.id for job in jobs]
+    latest = _latest_metrics(session, ids)
+    checkpoints = _grouped(
+        session.exec(
+            select(CheckpointRow)
+            .where(col(CheckpointRow.job_id).in_(ids))
+            .order_by(col(CheckpointRow.epoch), col(CheckpointRow.name))
+        )
+    )
+    attempts = _grouped(
+        session.exec(
+            select(AttemptRow)
+            .where(col(AttemptRow.job_id).in_(ids))
+            .order_by(col(AttemptRow.attempt))
+        )
+    )
+    return [
+        JobPublic.build(job, latest.get(job.id), checkpoints[job.id], attempts[job.id])
+        for job in jobs
+    ]
+
+
+def job_view(session: Session, job: Job) -> JobPublic:
+    return job_views(session, [job])[0]
+
+
+def jobs_page(
+    session: Session,
+    tenant_id: str,
+    limit: int,
+    cursor: str | None = None,
+    status: JobStatus | None = None,
+) -> JobList:
+    """The tenant's jobs, newest first (ids grow with time), `limit` at a time."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor:
+        query = query.where(col(Job.id) < cursor)
+    jobs = list(session.exec(query.order_by(col(Job.id).desc()).limit(limit + 1)))
+    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    return JobList(items=job_views(session, jobs[:limit]), next_cursor=next_cursor)
+
+
+def metrics_after(session: Session, job_id: str, since_epoch: int | None) -> list[EpochMetricRow]:
+    """The job's metrics rows after `since_epoch` (all of them for None), oldest first."""
+    query = select(EpochMetricRow).where(EpochMetricRow.job_id == job_id)
+    if since_epoch is not None:
+        query = query.where(col(EpochMetricRow.epoch) > since_epoch)
+    return list(session.exec(query.order_by(col(EpochMetricRow.epoch))))
+
+
+def checkpoints_of(session: Session, job_id: str) -> list[CheckpointRow]:
+    return list(
+        session.exec(
+            select(CheckpointRow)
+            .where(CheckpointRow.job_id == job_id)
+            .order_by(col(CheckpointRow.epoch), col(CheckpointRow.name))
+        )
+    )
+
+
+def checkpoint_named(session: Session, job_id: str, name: str) -> CheckpointRow | None:
+    return session.get(CheckpointRow, (job_id, name))
+
+
+def job_status(session: Session, job_id: str) -> JobStatus | None:
+    status = session.exec(select(Job.status).where(Job.id == job_id)).first()
+    return JobStatus(status) if status is not None else None
+
+
+def _latest_metrics(session: Session, job_ids: list[str]) -> dict[str, EpochMetricRow]:
+    newest = (
+        select(EpochMetricRow.job_id, func.max(EpochMetricRow.epoch).label("epoch"))
+        .where(col(EpochMetricRow.job_id).in_(job_ids))
+        .group_by(col(EpochMetricRow.job_id))
+        .subquery()
+    )
+    rows = session.exec(
+        select(EpochMetricRow).join(
+            newest,
+            (col(EpochMetricRow.job_id) == newest.c.job_id)
+            & (col(EpochMetricRow.epoch) == newest.c.epoch),
+        )
+    )
+    return {row.job_id: row for row in rows}
+
+
+def _grouped(rows: Iterable[Row]) -> defaultdict[str, list[Row]]:
+    grouped: defaultdict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row.job_id].append(row)
+    return grouped
