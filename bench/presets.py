@@ -19,6 +19,7 @@ from shared.presets import PRESETS
 from shared.spec import JobSpec
 from worker.mnist_files import prepare_mnist
 from worker.training.data import load_mnist
+from worker.training.device import detect_hardware
 from worker.training.loop import train
 
 TARGET = 0.994
@@ -51,12 +52,14 @@ def measure(name: str, data_dir: Path) -> dict[str, object]:
     spec = JobSpec.model_validate(preset.job())
     collect = Collect(name)
     started = time.perf_counter()
-    train(spec, load_mnist(data_dir), collect)
+    hardware = detect_hardware()
+    data = load_mnist(data_dir, hardware.device)
+    train(spec, data, collect, hardware=hardware)
     accuracies = [row["test_accuracy"] for row in collect.rows]
     reached = next((i for i, accuracy in enumerate(accuracies) if accuracy >= TARGET), None)
     return {
         "name": name,
-        "parameters": analyze(preset.layers).parameters,
+        "parameters": analyze(list(preset.layers)).parameters,
         "job": preset.job(),
         "accuracies": accuracies,
         "first_epoch_at_target": reached,

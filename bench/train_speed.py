@@ -30,6 +30,7 @@ from shared.spec import JobSpec
 from tests.integration.stack import Stack, wait_until
 from worker.mnist_files import prepare_mnist
 from worker.training.data import MNIST_MEAN, MNIST_STD, load_mnist
+from worker.training.device import detect_hardware
 from worker.training.loop import TrainingResult, train
 from worker.training.model import build_model
 from worker.training.schedules import LearningRateController
@@ -114,7 +115,9 @@ class Collect:
 
 def trainer(spec: JobSpec, data_dir: Path) -> list[dict[str, float]]:
     collect = Collect()
-    result: TrainingResult = train(spec, load_mnist(data_dir), collect)
+    hardware = detect_hardware()
+    data = load_mnist(data_dir, hardware.device)
+    result: TrainingResult = train(spec, data, collect, hardware=hardware)
     assert result.epochs_completed == spec.epochs
     return collect.rows
 

@@ -1,8 +1,9 @@
 """The worker's side of the internal routes, over httpx with the worker token.
 
-Posts are retried with exponential backoff while the API is unreachable or
+Posts are retried (by tenacity) with exponential backoff while the API is unreachable or
 answers 5xx, so a short API outage costs the job nothing: the API keys every
 post by job, attempt and epoch, so a post repeated after a timeout changes nothing.
+A 4xx is an answer, not an outage, and is never retried.
 """
 
 import functools
@@ -10,11 +11,20 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import certifi
 import httpx
 from pydantic import BaseModel
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from shared.messages import AttemptAnswer, Claim, ClaimRequest
 
@@ -31,7 +41,36 @@ class ApiRefused(Exception):
 
 
 class ApiUnreachable(Exception):
-    pass
+    """Transport errors or 5xx answers until the retry deadline; the last one is the cause."""
+
+
+class _ServerError(Exception):
+    """A 5xx answer: the API is up but failing, so the post is retried like an outage."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.status = response.status_code
+
+
+# The back-off: 0.2 s, doubling, at most 10 s between tries.
+FIRST_DELAY_SECONDS = 0.2
+MAX_DELAY_SECONDS = 10.0
+
+
+def _problem(error: BaseException | None) -> str:
+    if isinstance(error, _ServerError) or error is None:
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "POST %s failed (%s); retrying in %.1f s",
+        state.args[0],
+        _problem(error),
+        state.upcoming_sleep,
+    )
 
 
 @functools.cache
@@ -47,6 +86,7 @@ class ApiClient:
         token: str,
         retry_seconds: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.http = httpx.Client(
             base_url=base_url,
@@ -56,6 +96,7 @@ class ApiClient:
             headers={"Authorization": f"Bearer {token}"},
         )
         self.retry_seconds = retry_seconds
+        self._sleep = sleep
         # Posts go out one at a time, so the API sees epochs in order.
         self.lock = threading.Lock()
 
@@ -63,30 +104,38 @@ class ApiClient:
         self.http.close()
 
     def post(self, path: str, body: BaseModel, retry_seconds: float | None = None) -> Any:
-        deadline = time.monotonic() + (
-            self.retry_seconds if retry_seconds is None else retry_seconds
+        """The answer's JSON; retried through outages and 5xx for `retry_seconds` (the
+        client's default if None), never sleeping past that deadline."""
+        # stop_before_delay, not stop_after_delay: a wait that would end past the deadline
+        # is never begun, so callers (the heartbeat, the hand-back in its grace period) hear
+        # back within the time they gave, give or take one request's timeout.
+        retrying = Retrying(
+            sleep=self._sleep,
+            stop=stop_before_delay(self.retry_seconds if retry_seconds is None else retry_seconds),
+            wait=wait_exponential(multiplier=FIRST_DELAY_SECONDS, max=MAX_DELAY_SECONDS),
+            retry=retry_if_exception_type((httpx.TransportError, _ServerError)),
+            before_sleep=_log_retry,
         )
-        delay = 0.2
         with self.lock:
-            while True:
-                try:
-                    response = self.http.post(
-                        path,
-                        content=body.model_dump_json(),
-                        headers={"Content-Type": "application/json"},
-                    )
-                    if response.status_code < 500:
-                        if response.is_error:
-                            raise ApiRefused(response.status_code, _body_of(response))
-                        return response.json()
-                    problem = f"HTTP {response.status_code}"
-                except httpx.TransportError as error:
-                    problem = f"{type(error).__name__}: {error}"
-                if time.monotonic() + delay > deadline:
-                    raise ApiUnreachable(f"POST {path} failed until the deadline: {problem}")
-                log.warning("POST %s failed (%s); retrying in %.1f s", path, problem, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            try:
+                return retrying(self._post_once, path, body)
+            except RetryError as gave_up:
+                last = gave_up.last_attempt.exception()
+                raise ApiUnreachable(
+                    f"POST {path} failed until the deadline: {_problem(last)}"
+                ) from last
+
+    def _post_once(self, path: str, body: BaseModel) -> Any:
+        response = self.http.post(
+            path,
+            content=body.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )
+        if response.status_code >= 500:
+            raise _ServerError(response)
+        if response.is_error:
+            raise ApiRefused(response.status_code, _body_of(response))
+        return response.json()
 
     def claim(self, job_id: str, worker: str) -> Claim:
         answer = self.post(f"/internal/v1/jobs/{job_id}/claim", ClaimRequest(worker=worker))

@@ -10,7 +10,7 @@ import torch
 from shared.settings import Settings
 from worker.mnist_files import ensure_mnist
 from worker.training.data import MnistTensors, load_mnist
-from worker.training.loop import pick_device
+from worker.training.device import detect_hardware
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +18,12 @@ log = logging.getLogger(__name__)
 def configure_torch(settings: Settings) -> None:
     threads = settings.torch_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    log.info("training on %s with %d threads", pick_device(), threads)
+    # Only said here; each job detects its own hardware when it starts.
+    log.info("training on %s with %d threads", detect_hardware(), threads)
 
 
 @lru_cache(maxsize=1)
-def mnist_on_device(data_dir: str) -> MnistTensors:
-    """MNIST loaded once per worker process, onto the training device."""
+def mnist_on_device(data_dir: str, device: torch.device) -> MnistTensors:
+    """MNIST loaded once per worker process, onto the job's training device."""
     ensure_mnist(Path(data_dir))
-    return load_mnist(Path(data_dir), pick_device())
+    return load_mnist(Path(data_dir), device)

@@ -57,5 +57,7 @@ def forward_sigterm(pids: list[int]) -> None:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
+            # Ended between Celery listing it and now: it has no job left to hand back.
+            log.info("training process %d is already gone", pid)
             continue
         log.info("asked training process %d to hand its job back", pid)

@@ -5,21 +5,16 @@ import os
 import socket
 
 from shared.broker import TRAIN_TASK
-from shared.messages import FinishStatus, JobError, JobResult
+from shared.messages import Claim, FinishStatus, JobError, JobResult
 from shared.settings import Settings, get_settings
-from worker.api_client import ApiClient, ApiRefused
+from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 from worker.celery_app import app
 from worker.reporter import AttemptReporter
 from worker.runtime import mnist_on_device
 from worker.shutdown import handing_back_on_sigterm
 from worker.training.checkpoints import Checkpointing
-from worker.training.loop import (
-    TrainingDiverged,
-    TrainingHandedBack,
-    TrainingStopped,
-    pick_device,
-    train,
-)
+from worker.training.device import detect_hardware
+from worker.training.loop import TrainingDiverged, TrainingHandedBack, TrainingStopped, train
 from worker.training.lr_range import lr_range_test
 
 log = logging.getLogger(__name__)
@@ -53,7 +48,11 @@ def train_job(job_id: str) -> None:
 
 
 def run_attempt(job_id: str, settings: Settings) -> None:
-    """Claims the job, trains it or resumes it, and reports how the attempt ended."""
+    """Claims the job, trains it or resumes it, and reports how the attempt ended.
+
+    An API that is unreachable, or refuses the attempt's last report, is logged here and
+    never escapes the task: the ledger, not this process, decides what becomes of the job.
+    """
     client = ApiClient(str(settings.api_url).rstrip("/"), settings.worker_token)
     try:
         try:
@@ -62,46 +61,79 @@ def run_attempt(job_id: str, settings: Settings) -> None:
             # Cancelled, finished, or held by a live attempt: a duplicate delivery is harmless.
             log.info("job %s not claimed: %s", job_id, refused.body)
             return
+        except ApiUnreachable as unreachable:
+            # Nothing was claimed, so the job is still queued in the ledger and the API's
+            # dispatch sweep sends it again. (Had the claim arrived and only its answer been
+            # lost, the lease it granted runs out and the sweep queues the job again.)
+            log.error(
+                "job %s not claimed, the API is unreachable (%s); it stays queued and the "
+                "API's sweep sends it again",
+                job_id,
+                unreachable,
+            )
+            return
         log.info("job %s: attempt %d started", job_id, claim.attempt)
         with AttemptReporter(client, claim, settings.heartbeat_seconds) as reporter:
             try:
-                data = mnist_on_device(str(settings.data_dir))
-                result = None
-                if claim.spec.kind == "lr_range_test":
-                    curve = lr_range_test(claim.spec, data, reporter, pick_device())
-                    result = JobResult(lr_range_test=curve)
-                else:
-                    checkpointing = Checkpointing(settings.artifact_dir, job_id)
-                    newest = checkpointing.newest_usable(claim.checkpoints)
-                    if newest is not None:
-                        log.info("job %s: resuming from %s", job_id, newest[0].name)
-                    resume = newest[1] if newest is not None else None
-                    train(claim.spec, data, reporter, checkpointing, pick_device(), resume)
-            except TrainingHandedBack as handed_back:
-                log.info(
-                    "job %s: attempt %d handed back with %d epochs done (worker shutting down)",
+                _train_and_report(claim, reporter, settings)
+            except (ApiUnreachable, ApiRefused) as error:
+                # The attempt's last word (finish or hand-back) never arrived: its lease runs
+                # out and the API's sweep queues the job again, to resume from the last
+                # checkpoint the API recorded.
+                log.error(
+                    "job %s: attempt %d could not report how it ended: %s; the API queues "
+                    "it again once its lease runs out",
                     job_id,
                     claim.attempt,
-                    handed_back.epochs_completed,
+                    error,
                 )
-                reporter.hand_back(retry_seconds=settings.handback_grace_seconds)
-                return
-            except TrainingStopped:
-                log.info(
-                    "job %s: attempt %d stopped (%s)",
-                    job_id,
-                    claim.attempt,
-                    "cancelled" if reporter.cancelled.is_set() else "lease lost",
-                )
-                if reporter.cancelled.is_set():
-                    reporter.finish("cancelled")
-                return
-            except Exception as error:
-                log.exception("job %s: attempt %d failed", job_id, claim.attempt)
-                reporter.finish("failed", describe_failure(error))
-                return
-            outcome: FinishStatus = "cancelled" if reporter.cancelled.is_set() else "succeeded"
-            reporter.finish(outcome, result=result)
-            log.info("job %s: attempt %d finished", job_id, claim.attempt)
     finally:
         client.close()
+
+
+def _train_and_report(claim: Claim, reporter: AttemptReporter, settings: Settings) -> None:
+    """Trains the claimed attempt and reports how it ended; raises ApiUnreachable or
+    ApiRefused if that report cannot be delivered."""
+    job_id = claim.job_id
+    try:
+        # Decided once for the job, and passed down to everything that trains or evaluates.
+        hardware = detect_hardware()
+        log.info("job %s: training on %s", job_id, hardware)
+        data = mnist_on_device(str(settings.data_dir), hardware.device)
+        result = None
+        if claim.spec.kind == "lr_range_test":
+            curve = lr_range_test(claim.spec, data, reporter, hardware)
+            result = JobResult(lr_range_test=curve)
+        else:
+            checkpointing = Checkpointing(settings.artifact_dir, job_id)
+            newest = checkpointing.newest_usable(claim.checkpoints)
+            if newest is not None:
+                log.info("job %s: resuming from %s", job_id, newest[0].name)
+            resume = newest[1] if newest is not None else None
+            train(claim.spec, data, reporter, checkpointing, hardware=hardware, resume=resume)
+    except TrainingHandedBack as handed_back:
+        log.info(
+            "job %s: attempt %d handed back with %d epochs done (worker shutting down)",
+            job_id,
+            claim.attempt,
+            handed_back.epochs_completed,
+        )
+        reporter.hand_back(retry_seconds=settings.handback_grace_seconds)
+        return
+    except TrainingStopped:
+        log.info(
+            "job %s: attempt %d stopped (%s)",
+            job_id,
+            claim.attempt,
+            "cancelled" if reporter.cancelled.is_set() else "lease lost",
+        )
+        if reporter.cancelled.is_set():
+            reporter.finish("cancelled")
+        return
+    except Exception as error:
+        log.exception("job %s: attempt %d failed", job_id, claim.attempt)
+        reporter.finish("failed", describe_failure(error))
+        return
+    outcome: FinishStatus = "cancelled" if reporter.cancelled.is_set() else "succeeded"
+    reporter.finish(outcome, result=result)
+    log.info("job %s: attempt %d finished", job_id, claim.attempt)

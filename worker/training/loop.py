@@ -10,7 +10,6 @@ schedule and random number generators all continue from where they were.
 import logging
 import math
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +21,7 @@ from shared.spec import JobSpec
 from worker.training.augment import BatchAugmenter
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import InputTransform, MnistTensors, Split
+from worker.training.device import Hardware
 from worker.training.model import build_for_training
 from worker.training.optimizers import build_optimizer
 from worker.training.schedules import LearningRateController, batches_per_epoch
@@ -67,49 +67,15 @@ class TrainingResult:
     final: EpochMetrics | None
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# CPU flags of native bf16 arithmetic; without them bf16 is emulated and slower than fp32.
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def mixed_precision(device: torch.device, flags: frozenset[str] | None = None) -> bool:
-    """bf16 autocast where the hardware does bf16 natively: CUDA, or CPUs with AVX-512 BF16
-    or AMX; plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and bool(
-        NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags)
-    )
-
-
-def _autocast(device: torch.device) -> AbstractContextManager[Any]:
-    if mixed_precision(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def evaluate(
-    model: nn.Module, split: Split, transform: InputTransform, device: torch.device
+    model: nn.Module, split: Split, transform: InputTransform, hardware: Hardware
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, in large batches with autograd off."""
+    """Mean loss and accuracy over a split, in large batches with autograd off, at the
+    job's precision."""
     model.eval()
     loss_sum = 0.0
     correct = 0
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), hardware.autocast():
         for start in range(0, len(split), EVAL_BATCH_SIZE):
             images = transform(split.images[start : start + EVAL_BATCH_SIZE])
             labels = split.labels[start : start + EVAL_BATCH_SIZE]
@@ -174,11 +140,13 @@ def train(
     data: MnistTensors,
     reporter: Reporter,
     checkpointing: Checkpointing | None = None,
-    device: torch.device | None = None,
+    *,
+    hardware: Hardware,
     resume: dict[str, Any] | None = None,
 ) -> TrainingResult:
-    """Trains `spec` from scratch, or from the checkpoint state `resume` onwards."""
-    device = device or pick_device()
+    """Trains `spec` from scratch, or from the checkpoint state `resume` onwards, on the
+    job's hardware (chosen once, when the job started)."""
+    device = hardware.device
     setup = Setup.from_spec(spec, data, device)
     shuffler, train_split, test_split = setup.shuffler, setup.train_split, setup.test_split
     transform, model, optimizer = setup.transform, setup.model, setup.optimizer
@@ -216,7 +184,7 @@ def train(
             batch = order[index * batch_size : (index + 1) * batch_size]
             images = transform(train_split.images[batch], train=True)
             labels = train_split.labels[batch]
-            with _autocast(device):
+            with hardware.autocast():
                 logits = model(images)
                 loss = loss_fn(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -232,7 +200,7 @@ def train(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch}")
 
-        test_loss, test_accuracy = evaluate(model, test_split, transform, device)
+        test_loss, test_accuracy = evaluate(model, test_split, transform, hardware)
         if not math.isfinite(test_loss):
             raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch}")
         lr_control.after_epoch(epoch, test_loss)

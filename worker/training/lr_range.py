@@ -12,6 +12,7 @@ import torch
 from shared.messages import LrRangePoint, LrRangeResult
 from shared.spec import JobSpec
 from worker.training.data import MnistTensors
+from worker.training.device import Hardware
 from worker.training.loop import Reporter, Setup, TrainingHandedBack, TrainingStopped
 
 
@@ -35,9 +36,12 @@ def suggest(points: list[LrRangePoint]) -> tuple[float | None, float | None]:
 
 
 def lr_range_test(
-    spec: JobSpec, data: MnistTensors, reporter: Reporter, device: torch.device
+    spec: JobSpec, data: MnistTensors, reporter: Reporter, hardware: Hardware
 ) -> LrRangeResult:
+    """Runs the sweep on the job's hardware, at the precision training would use: a curve
+    measured in fp32 could suggest an lr that bf16 training cannot take."""
     settings = spec.lr_range_test
+    device = hardware.device
     setup = Setup.from_spec(spec, data, device)
     shuffler, train_split, transform = setup.shuffler, setup.train_split, setup.transform
     model, optimizer, loss_fn = setup.model, setup.optimizer, setup.loss_fn
@@ -62,9 +66,9 @@ def lr_range_test(
         lr = settings.start_lr * growth**step
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = loss_fn(
-            model(transform(train_split.images[batch], train=True)), train_split.labels[batch]
-        )
+        images = transform(train_split.images[batch], train=True)
+        with hardware.autocast():
+            loss = loss_fn(model(images).float(), train_split.labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

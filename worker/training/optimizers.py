@@ -30,10 +30,14 @@ def build_optimizer(params: Params, spec: OptimizerSpec) -> Optimizer:
             momentum=spec.momentum,
             weight_decay=spec.weight_decay,
         )
-    return SGD(
-        params,
-        lr=spec.lr,
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        weight_decay=spec.weight_decay,
-    )
+    if isinstance(spec, SGDSpec):
+        return SGD(
+            params,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov,
+            weight_decay=spec.weight_decay,
+        )
+    # A stored spec trains exactly what it names: never a default in place of the unknown.
+    name = getattr(spec, "name", None)
+    raise TypeError(f"no optimizer for {type(spec).__name__} (name {name!r})")

@@ -1,14 +1,19 @@
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
 from pydantic import ValidationError
+from torch import nn
 
 from shared.messages import LrRangePoint
 from shared.spec import JobSpec
 from tests.mnist_fixtures import write_synthetic_mnist
+from tests.unit.worker.test_training import CPU_FP32, RecordingReporter, small_job
 from worker.training.data import load_mnist
-from worker.training.loop import TrainingStopped
+from worker.training.device import Hardware
+from worker.training.loop import TrainingStopped, train
 from worker.training.lr_range import lr_range_test, suggest
 
 # The synthetic classes are fixed pixel patterns: a linear layer on the pixels learns them.
@@ -54,7 +59,7 @@ class TestLrRangeTest:
             range_job(start_lr=1e-4, end_lr=1e-1, steps=40, divergence_factor=1e6),
             mnist,
             Never(),
-            torch.device("cpu"),
+            CPU_FP32,
         )
         lrs = [point.lr for point in result.points]
         assert len(lrs) == 40
@@ -68,7 +73,7 @@ class TestLrRangeTest:
             range_job(FRAGILE_MODEL, start_lr=1e-3, end_lr=10.0, steps=60),
             mnist,
             Never(),
-            torch.device("cpu"),
+            CPU_FP32,
         )
         assert result.diverged_at_lr is not None
         assert len(result.points) < 60
@@ -83,7 +88,34 @@ class TestLrRangeTest:
                 return None
 
         with pytest.raises(TrainingStopped):
-            lr_range_test(range_job(steps=10), mnist, Cancelled(), torch.device("cpu"))
+            lr_range_test(range_job(steps=10), mnist, Cancelled(), CPU_FP32)
+
+    def test_it_trains_under_the_same_autocast_as_training(self, mnist):
+        """With bf16 on, both the sweep and training run their layers in bf16: a curve
+        measured at another precision would not say what training can take."""
+        bf16 = Hardware(torch.device("cpu"), bf16=True)
+        with linear_output_dtypes() as swept:
+            lr_range_test(range_job(steps=10), mnist, Never(), bf16)
+        with linear_output_dtypes() as trained:
+            spec = small_job(epochs=1, data={"train_subset": 128})
+            train(spec, mnist, RecordingReporter(), hardware=bf16)
+        assert swept == trained == {torch.bfloat16}
+
+
+@contextmanager
+def linear_output_dtypes() -> Iterator[set[torch.dtype]]:
+    """The dtypes every nn.Linear of any model gives out while the block runs."""
+    dtypes: set[torch.dtype] = set()
+
+    def record(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Linear):
+            dtypes.add(output.dtype)
+
+    handle = nn.modules.module.register_module_forward_hook(record)
+    try:
+        yield dtypes
+    finally:
+        handle.remove()
 
 
 class TestSuggest:

@@ -1,4 +1,5 @@
 import json
+import logging
 import threading
 
 import httpx
@@ -36,6 +37,8 @@ class FakeApi:
     def __init__(self, *answers: httpx.Response | Exception) -> None:
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
+        # The client's back-off waits, recorded instead of slept.
+        self.waits: list[float] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -52,6 +55,7 @@ class FakeApi:
             "worker-token",
             retry_seconds=retry_seconds,
             transport=httpx.MockTransport(self),
+            sleep=self.waits.append,
         )
 
     def bodies(self) -> list[dict]:
@@ -64,6 +68,17 @@ class TestApiClient:
         api.client().post("/x", claim())
         assert api.requests[0].headers["authorization"] == "Bearer worker-token"
 
+    def test_a_server_error_is_retried_until_the_answer(self):
+        api = FakeApi(httpx.Response(503), httpx.Response(200, json={"cancelled": False}))
+        assert api.client().post("/x", claim()) == {"cancelled": False}
+        assert len(api.requests) == 2
+        assert api.waits == [pytest.approx(0.2)]
+
+    def test_a_transport_error_is_retried(self):
+        api = FakeApi(httpx.ReadTimeout("slow"), httpx.Response(200, json={"cancelled": True}))
+        assert api.client().post("/x", claim()) == {"cancelled": True}
+        assert len(api.requests) == 2
+
     def test_retries_through_an_outage_and_server_errors(self):
         api = FakeApi(
             httpx.ConnectError("down"),
@@ -73,17 +88,62 @@ class TestApiClient:
         assert api.client().post("/x", claim()) == {"cancelled": False}
         assert len(api.requests) == 3
 
-    def test_gives_up_at_the_deadline(self):
+    def test_the_back_off_doubles_from_a_fifth_of_a_second_up_to_ten(self):
+        api = FakeApi(*[httpx.ConnectError("down")] * 8)
+        api.client(retry_seconds=300).post("/x", claim())
+        assert api.waits == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0])
+        assert len(api.requests) == 9
+
+    def test_logs_each_retry_before_waiting(self, caplog):
+        api = FakeApi(httpx.Response(502))
+        with caplog.at_level(logging.WARNING, logger="worker.api_client"):
+            api.client().post("/x", claim())
+        assert [record.getMessage() for record in caplog.records] == [
+            "POST /x failed (HTTP 502); retrying in 0.2 s"
+        ]
+
+    def test_gives_up_at_the_deadline_naming_the_last_problem(self):
+        api = FakeApi(*[httpx.ConnectError("down")] * 50)
+        with pytest.raises(ApiUnreachable, match="POST /x failed until the deadline") as gave_up:
+            api.client(retry_seconds=0.5).post("/x", claim())
+        # 0.2 + 0.4 s fit in the half second; the next wait, 0.8 s, would end past it.
+        assert api.waits == pytest.approx([0.2, 0.4])
+        assert len(api.requests) == 3
+        assert "ConnectError: down" in str(gave_up.value)
+        assert isinstance(gave_up.value.__cause__, httpx.ConnectError)
+
+    def test_server_errors_until_the_deadline_say_so(self):
+        api = FakeApi(*[httpx.Response(503)] * 50)
+        with pytest.raises(ApiUnreachable, match="HTTP 503"):
+            api.client(retry_seconds=0.01).post("/x", claim())
+        assert len(api.requests) == 1 and api.waits == []
+
+    def test_a_per_call_deadline_overrides_the_clients(self):
         api = FakeApi(*[httpx.ConnectError("down")] * 50)
         with pytest.raises(ApiUnreachable):
-            api.client(retry_seconds=0.5).post("/x", claim())
+            api.client(retry_seconds=300).post("/x", claim(), retry_seconds=0.01)
+        assert len(api.requests) == 1 and api.waits == []
 
-    def test_a_client_error_is_not_retried(self):
-        api = FakeApi(httpx.Response(409, json={"detail": "stale"}))
+    @pytest.mark.parametrize("status", [404, 409, 422])
+    def test_a_client_error_is_not_retried(self, status):
+        api = FakeApi(httpx.Response(status, json={"detail": "no"}))
         with pytest.raises(ApiRefused) as refused:
             api.client().post("/x", claim())
-        assert refused.value.status == 409
-        assert len(api.requests) == 1
+        assert refused.value.status == status
+        assert refused.value.body == {"detail": "no"}
+        assert len(api.requests) == 1 and api.waits == []
+
+    def test_posts_hold_the_lock_while_they_are_sent(self):
+        held: list[bool] = []
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            held.append(client.lock.locked())
+            return httpx.Response(200, json={"cancelled": False})
+
+        client = ApiClient("http://api", "t", transport=httpx.MockTransport(answer))
+        client.post("/x", claim())
+        assert held == [True]
+        assert not client.lock.locked()
 
 
 def reporter_for(api: FakeApi, heartbeat_seconds: float = 60) -> AttemptReporter:

@@ -12,7 +12,7 @@ import torch
 
 from shared.messages import CheckpointRecord, EpochMetrics
 from tests.mnist_fixtures import write_synthetic_mnist
-from tests.unit.worker.test_training import CPU, RecordingReporter, small_job, small_layers
+from tests.unit.worker.test_training import CPU_FP32, RecordingReporter, small_job, small_layers
 from worker.training.checkpoints import Checkpointing, CheckpointUnusable, load_checkpoint
 from worker.training.data import MnistTensors, load_mnist
 from worker.training.loop import TrainingHandedBack, train
@@ -88,17 +88,17 @@ class TestResume:
     def test_interrupted_and_resumed_ends_with_the_same_metrics(self, mnist, tmp_path, fields):
         spec = small_job(epochs=EPOCHS, **fields)
         straight = RecordingReporter()
-        train(spec, mnist, straight, Checkpointing(tmp_path / "straight", "job"), device=CPU)
+        train(spec, mnist, straight, Checkpointing(tmp_path / "straight", "job"), hardware=CPU_FP32)
 
         checkpointing = Checkpointing(tmp_path / "interrupted", "job")
         first = KilledAfter(kill_after_epoch=1)
         with pytest.raises(WorkerKilled):
-            train(spec, mnist, first, checkpointing, device=CPU)
+            train(spec, mnist, first, checkpointing, hardware=CPU_FP32)
         records = [record for record in first.checkpoints if record is not None]
         newest = checkpointing.newest_usable(records)
         assert newest is not None and newest[0].epoch == 1
         second = RecordingReporter()
-        train(spec, mnist, second, checkpointing, device=CPU, resume=newest[1])
+        train(spec, mnist, second, checkpointing, hardware=CPU_FP32, resume=newest[1])
 
         assert [row.epoch for row in second.rows] == [2, 3]
         for resumed, reference in zip(second.rows, straight.rows[2:], strict=True):
@@ -109,7 +109,7 @@ class TestResume:
     def test_a_corrupt_newest_checkpoint_is_skipped(self, mnist, tmp_path):
         checkpointing = Checkpointing(tmp_path, "job")
         reporter = RecordingReporter()
-        train(small_job(epochs=3), mnist, reporter, checkpointing, device=CPU)
+        train(small_job(epochs=3), mnist, reporter, checkpointing, hardware=CPU_FP32)
         records = [record for record in reporter.checkpoints if record is not None]
         newest_path = tmp_path / records[-1].path
         newest_path.write_bytes(newest_path.read_bytes()[:100])  # a half-written file
@@ -146,7 +146,7 @@ class TestHandback:
     def test_stops_before_training_when_the_epoch_cannot_finish_in_time(self, mnist):
         reporter = ShuttingDown(after_batches=3, grace=0.0)
         with pytest.raises(TrainingHandedBack) as handed_back:
-            train(small_job(), mnist, reporter, device=CPU)
+            train(small_job(), mnist, reporter, hardware=CPU_FP32)
         assert reporter.stop_questions == 4
         assert handed_back.value.epochs_completed == 0
         assert reporter.rows == []
@@ -154,11 +154,11 @@ class TestHandback:
     def test_finishes_and_reports_the_epoch_when_it_fits_in_the_grace_period(self, mnist):
         reporter = ShuttingDown(after_batches=3, grace=600)
         with pytest.raises(TrainingHandedBack) as handed_back:
-            train(small_job(epochs=3), mnist, reporter, device=CPU)
+            train(small_job(epochs=3), mnist, reporter, hardware=CPU_FP32)
         assert handed_back.value.epochs_completed == 1
         assert [row.epoch for row in reporter.rows] == [0]
 
     def test_a_job_that_ends_with_the_epoch_is_not_handed_back(self, mnist):
         reporter = ShuttingDown(after_batches=3, grace=600)
-        result = train(small_job(epochs=1), mnist, reporter, device=CPU)
+        result = train(small_job(epochs=1), mnist, reporter, hardware=CPU_FP32)
         assert result.epochs_completed == 1

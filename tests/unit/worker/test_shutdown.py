@@ -1,5 +1,8 @@
+import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from worker import shutdown
@@ -21,5 +24,17 @@ def test_sigterm_during_a_job_sets_a_handback_deadline_instead_of_exiting():
     assert shutdown.handback_deadline() is None
 
 
-def test_forwarding_skips_processes_that_are_gone():
-    shutdown.forward_sigterm([2**22 + 12345])  # no such pid: nothing raised
+def test_forwarding_signals_live_processes_and_skips_gone_ones(caplog):
+    gone = 2**22 + 12345  # above Linux's largest pid_max: never a process
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with caplog.at_level(logging.INFO, logger="worker.shutdown"):
+            shutdown.forward_sigterm([gone, live.pid])
+        assert live.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        live.kill()
+        live.wait()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"training process {gone} is already gone",
+        f"asked training process {live.pid} to hand its job back",
+    ]

@@ -1,3 +1,4 @@
+import builtins
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,12 +15,15 @@ from shared.spec import JobSpec
 from tests.mnist_fixtures import write_synthetic_mnist
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import MNIST_MEAN, MNIST_STD, InputTransform, MnistTensors, load_mnist
-from worker.training.loop import TrainingStopped, mixed_precision, train
-from worker.training.model import build_model
+from worker.training.device import Hardware
+from worker.training.loop import TrainingStopped, train
+from worker.training.model import build_for_training, build_model
 from worker.training.optimizers import build_optimizer
 from worker.training.schedules import LearningRateController, batches_per_epoch
 
 CPU = torch.device("cpu")
+# Plain fp32 whatever the CPU: the tests give the same numbers on every machine.
+CPU_FP32 = Hardware(CPU, bf16=False)
 TRAIN_SUBSET = 384
 
 
@@ -90,7 +94,7 @@ def mnist(tmp_path: Path) -> MnistTensors:
 class TestTrain:
     def test_reports_one_row_per_epoch_counted_from_zero(self, mnist):
         reporter = RecordingReporter()
-        result = train(small_job(), mnist, reporter, device=CPU)
+        result = train(small_job(), mnist, reporter, hardware=CPU_FP32)
         assert [row.epoch for row in reporter.rows] == [0, 1]
         assert result.epochs_completed == 2
         assert result.final == reporter.rows[-1]
@@ -102,7 +106,7 @@ class TestTrain:
             batch_size_schedule=[{"epoch": 0, "batch_size": 64}, {"epoch": 1, "batch_size": 32}],
         )
         reporter = RecordingReporter()
-        train(spec, mnist, reporter, device=CPU)
+        train(spec, mnist, reporter, hardware=CPU_FP32)
         assert [row.lr for row in reporter.rows] == pytest.approx([0.01, 0.005])
         assert [row.batch_size for row in reporter.rows] == [64, 32]
 
@@ -111,13 +115,13 @@ class TestTrain:
             batch_size_schedule=[{"epoch": 0, "batch_size": 64}, {"epoch": 1, "batch_size": 32}]
         )
         reporter = RecordingReporter()
-        train(spec, mnist, reporter, device=CPU)
+        train(spec, mnist, reporter, hardware=CPU_FP32)
         # The loop asks once before every batch.
         assert reporter.stop_questions == TRAIN_SUBSET // 64 + TRAIN_SUBSET // 32
 
     def test_learns_the_synthetic_digits_well_above_chance(self, mnist):
         reporter = RecordingReporter()
-        train(small_job(), mnist, reporter, device=CPU)
+        train(small_job(), mnist, reporter, hardware=CPU_FP32)
         final = reporter.rows[-1]
         # Ten classes: chance is 0.1.
         assert final.test_accuracy > 0.6
@@ -128,14 +132,14 @@ class TestStopping:
     def test_stop_before_the_first_batch_raises_and_reports_nothing(self, mnist):
         reporter = RecordingReporter(stop_after=0)
         with pytest.raises(TrainingStopped):
-            train(small_job(), mnist, reporter, device=CPU)
+            train(small_job(), mnist, reporter, hardware=CPU_FP32)
         assert reporter.rows == []
 
     def test_stop_within_the_second_epoch_keeps_the_first_epochs_row(self, mnist):
         batches = TRAIN_SUBSET // 64
         reporter = RecordingReporter(stop_after=batches + 2)
         with pytest.raises(TrainingStopped):
-            train(small_job(), mnist, reporter, device=CPU)
+            train(small_job(), mnist, reporter, hardware=CPU_FP32)
         assert [row.epoch for row in reporter.rows] == [0]
         assert reporter.stop_questions == batches + 3
 
@@ -146,7 +150,7 @@ class TestCheckpointing:
         spec = small_job()
         artifacts = tmp_path / "artifacts"
         reporter = RecordingReporter()
-        train(spec, mnist, reporter, Checkpointing(artifacts, "job-7"), device=CPU)
+        train(spec, mnist, reporter, Checkpointing(artifacts, "job-7"), hardware=CPU_FP32)
         return spec, artifacts, reporter
 
     def test_one_file_per_epoch_under_the_job_folder(self, trained):
@@ -507,20 +511,49 @@ class TestOptimizersAndLoss:
         assert type(optimizer) is kind
         assert {key: optimizer.defaults[key] for key in expected} == expected
 
+    def test_an_unknown_optimizer_raises_instead_of_training_with_sgd(self):
+        # Shaped like SGD's spec, so a fall-through to SGD would build one without a word.
+        @dataclass
+        class LionSpec:
+            name: str = "lion"
+            lr: float = 0.01
+            momentum: float = 0.0
+            nesterov: bool = False
+            weight_decay: float = 0.0
+
+        with pytest.raises(TypeError, match="lion"):
+            build_optimizer([nn.Parameter(torch.zeros(1))], LionSpec())  # type: ignore[arg-type]
+
     def test_label_smoothing_raises_the_loss_of_confident_answers(self, mnist):
-        plain = train(small_job(epochs=1), mnist, RecordingReporter(), device=CPU)
+        plain = train(small_job(epochs=1), mnist, RecordingReporter(), hardware=CPU_FP32)
         smoothed = train(
-            small_job(epochs=1, label_smoothing=0.2), mnist, RecordingReporter(), device=CPU
+            small_job(epochs=1, label_smoothing=0.2), mnist, RecordingReporter(), hardware=CPU_FP32
         )
         assert smoothed.final.train_loss > plain.final.train_loss
 
 
-class TestMixedPrecision:
-    def test_bf16_only_where_the_cpu_does_it_natively(self):
-        assert not mixed_precision(CPU, frozenset({"avx2", "fma"}))
-        assert not mixed_precision(CPU, frozenset({"avx512f", "avx512bw"}))
-        assert mixed_precision(CPU, frozenset({"avx512f", "avx512_bf16"}))
-        assert mixed_precision(CPU, frozenset({"amx_bf16"}))
+class TestBuildForTraining:
+    def test_a_spec_without_layers_raises_instead_of_building_an_empty_model(self):
+        spec = small_job()
+        bare = spec.model_copy(update={"model": spec.model.model_copy(update={"layers": None})})
+        with pytest.raises(ValueError, match="no layers"):
+            build_for_training(bare, CPU)
 
-    def test_always_on_cuda(self):
-        assert mixed_precision(torch.device("cuda"), frozenset())
+
+class TestHardwareIsDecidedOnce:
+    def test_training_never_reads_the_cpu_flags_itself(self, mnist, monkeypatch):
+        """The job's precision comes in with its hardware: nothing in the loop, per batch or
+        per evaluation, opens /proc/cpuinfo."""
+        opened: list[str] = []
+        real_open = builtins.open
+
+        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(file) == "/proc/cpuinfo":
+                opened.append(str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", counting_open)
+        reporter = RecordingReporter()
+        train(small_job(epochs=2), mnist, reporter, hardware=CPU_FP32)
+        assert [row.epoch for row in reporter.rows] == [0, 1]
+        assert opened == []

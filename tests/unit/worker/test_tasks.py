@@ -1,0 +1,154 @@
+"""run_attempt against a scripted API: what the task does when the API goes away, and what
+it decides once per job."""
+
+import builtins
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from shared.messages import Claim
+from shared.settings import Settings
+from tests.mnist_fixtures import write_synthetic_mnist
+from tests.unit.worker.test_training import small_job
+from worker import shutdown, tasks
+from worker.api_client import ApiClient
+from worker.training.data import MnistTensors, load_mnist
+
+JOB_ID = "job_1"
+
+
+class InternalApi:
+    """The internal routes: a claim is granted `granted`, every other post answered 200,
+    except the routes in `failing`, which answer (or raise) what they map to."""
+
+    def __init__(self, granted: Claim | None = None, **failing: httpx.Response | Exception) -> None:
+        self.granted = granted
+        self.failing = failing
+        self.routes: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        route = request.url.path.rsplit("/", 1)[1]
+        self.routes.append(route)
+        failure = self.failing.get(route)
+        if isinstance(failure, Exception):
+            raise failure
+        if failure is not None:
+            return failure
+        if route == "claim":
+            assert self.granted is not None
+            return httpx.Response(200, json=self.granted.model_dump(mode="json"))
+        return httpx.Response(200, json={"cancelled": False})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        api_url="http://api",
+        worker_token="worker-token",
+        data_dir=tmp_path / "data",
+        artifact_dir=tmp_path / "artifacts",
+        heartbeat_seconds=60,
+        handback_grace_seconds=0.05,
+    )
+
+
+@pytest.fixture
+def mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MnistTensors:
+    write_synthetic_mnist(tmp_path / "data", train=256, test=64)
+    data = load_mnist(tmp_path / "data")
+    monkeypatch.setattr(tasks, "mnist_on_device", lambda *_args: data)
+    return data
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def serve(monkeypatch: pytest.MonkeyPatch, api: InternalApi) -> None:
+    """The task's client talks to `api`, and gives up on an outage at once (the deadline
+    is shorter than the first back-off)."""
+
+    def client(base_url: str, token: str) -> ApiClient:
+        return ApiClient(base_url, token, retry_seconds=0.01, transport=httpx.MockTransport(api))
+
+    monkeypatch.setattr(tasks, "ApiClient", client)
+
+
+def claim_of(**fields: Any) -> Claim:
+    spec = small_job(**{"epochs": 1, "data": {"train_subset": 128}, **fields})
+    return Claim(job_id=JOB_ID, attempt=1, lease_token="t" * 32, lease_seconds=60, spec=spec)
+
+
+class TestTheApiGoingAway:
+    def test_an_unreachable_api_at_claim_time_is_logged_and_the_task_returns(
+        self, monkeypatch, settings, caplog
+    ):
+        api = InternalApi(claim=httpx.ConnectError("connection refused"))
+        serve(monkeypatch, api)
+        with caplog.at_level(logging.WARNING, logger="worker.tasks"):
+            assert tasks.run_attempt(JOB_ID, settings) is None
+        assert api.routes == ["claim"]
+        [record] = [r for r in caplog.records if r.name == "worker.tasks"]
+        assert record.levelno == logging.ERROR
+        message = record.getMessage()
+        assert JOB_ID in message and "unreachable" in message and "connection refused" in message
+
+    @pytest.mark.parametrize(
+        "failure",
+        [httpx.ConnectError("connection refused"), httpx.Response(404, json={"detail": "gone"})],
+        ids=["unreachable", "refused"],
+    )
+    def test_a_finish_that_cannot_be_delivered_is_logged_and_the_task_returns(
+        self, monkeypatch, settings, mnist, caplog, failure
+    ):
+        api = InternalApi(claim_of(), finish=failure)
+        serve(monkeypatch, api)
+        with caplog.at_level(logging.WARNING, logger="worker.tasks"):
+            assert tasks.run_attempt(JOB_ID, settings) is None
+        assert api.routes == ["claim", "epochs", "finish"]
+        assert any(
+            "could not report how it ended" in record.getMessage() for record in caplog.records
+        )
+
+    def test_a_hand_back_that_cannot_be_delivered_is_logged_and_the_task_returns(
+        self, monkeypatch, settings, mnist, caplog
+    ):
+        api = InternalApi(claim_of(), release=httpx.ConnectError("connection refused"))
+        serve(monkeypatch, api)
+        # As if SIGTERM had come with no grace left: the loop hands back before a batch.
+        monkeypatch.setattr(shutdown, "_deadline", time.monotonic())
+        with caplog.at_level(logging.WARNING, logger="worker.tasks"):
+            assert tasks.run_attempt(JOB_ID, settings) is None
+        assert api.routes == ["claim", "release"]
+        assert any(
+            "could not report how it ended" in record.getMessage() for record in caplog.records
+        )
+
+
+class TestOncePerJob:
+    def test_the_cpu_flags_are_read_once_per_job_not_per_batch(self, monkeypatch, settings, mnist):
+        opened: list[str] = []
+        real_open = builtins.open
+
+        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(file) == "/proc/cpuinfo":
+                opened.append(str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(builtins, "open", counting_open)
+        # Two epochs of two batches each, and two evaluations.
+        api = InternalApi(claim_of(epochs=2))
+        serve(monkeypatch, api)
+        tasks.run_attempt(JOB_ID, settings)
+        assert api.routes == ["claim", "epochs", "epochs", "finish"]
+        assert len(opened) == 1
