@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: install run test test-unit test-integration test-faults lint format bench-train bench-presets bench-api clean
+.PHONY: install run test test-unit test-integration test-faults lint format bench-train bench-presets bench-api bench-study clean
 
 install: $(INSTALLED)
 
@@ -48,6 +48,10 @@ bench-train: install
 
 bench-api: install
 	$(BIN)/python -m bench.api_speed
+
+bench-study: install
+	$(BIN)/tunelab data prepare
+	$(BIN)/python -m bench.study_speed
 
 bench-presets: install
 	$(BIN)/tunelab data prepare

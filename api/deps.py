@@ -9,9 +9,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from api.dispatch import Dispatcher
-from api.errors import JobNotFound, Unauthorized
+from api.errors import JobNotFound, StudyNotFound, Unauthorized
 from api.keys import tenant_for_key
-from api.models import Job, Tenant
+from api.models import Job, Study, Tenant
 from api.rate_limit import Credential, RateLimiter
 from shared.settings import Settings
 
@@ -99,6 +99,16 @@ def tenant_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
 
 
 JobDep = Annotated[Job, Depends(tenant_job)]
+
+
+def tenant_study(study_id: str, session: SessionDep, tenant: TenantDep) -> Study:
+    study = session.get(Study, study_id)
+    if study is None or study.tenant_id != tenant.id:
+        raise StudyNotFound(f"no study {study_id}")
+    return study
+
+
+StudyDep = Annotated[Study, Depends(tenant_study)]
 
 
 def require_worker(

@@ -1,6 +1,7 @@
 """The handlers that turn every error into an RFC 9457 problem+json answer: domain errors,
 rejected specs, request validation, HTTP errors, and anything unexpected (a logged 500)."""
 
+import json
 import logging
 from typing import Any
 
@@ -35,11 +36,23 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# Maps whose keys are data, not field names (a study's search space is keyed by paths):
+# their keys are always quoted, so `space["batch_size"]` reads like `space["optimizer.lr"]`.
+DATA_KEYED = frozenset({("space",)})
+
+
 def json_path(location: tuple[str | int, ...] | list[str | int]) -> str:
-    """('model', 'layers', 2, 'kernel_size') -> 'model.layers[2].kernel_size'."""
+    """('model', 'layers', 2, 'kernel_size') -> 'model.layers[2].kernel_size'; a key that is
+    not a plain name, or a key of a DATA_KEYED map, is quoted:
+    ('space', 'optimizer.lr') -> 'space["optimizer.lr"]'."""
     path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    for index, part in enumerate(location):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.isidentifier() or tuple(location[:index]) in DATA_KEYED:
+            path += f"[{json.dumps(part)}]"
+        else:
+            path += f".{part}" if path else part
     return path or "(body)"
 
 

@@ -30,6 +30,14 @@ class JobNotFound(TunelabError):
     status, code, title = 404, "job-not-found", "Job not found"
 
 
+class StudyNotFound(TunelabError):
+    status, code, title = 404, "study-not-found", "Study not found"
+
+
+class StudyNotCancellable(TunelabError):
+    status, code, title = 409, "study-not-cancellable", "Study cannot be cancelled"
+
+
 class CheckpointNotFound(TunelabError):
     status, code, title = 404, "checkpoint-not-found", "Checkpoint not found"
 

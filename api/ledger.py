@@ -9,7 +9,7 @@ import hashlib
 import json
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, or_, update
 from sqlmodel import Session, col, select
@@ -30,6 +30,7 @@ from api.models import (
     EpochMetricRow,
     Job,
     JobStatus,
+    Study,
     Tenant,
     utcnow,
 )
@@ -38,6 +39,8 @@ from shared.messages import AttemptPost, CheckpointRecord, EpochMetrics, FinishR
 from shared.spec import JobSpec
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
+# What a POST with an Idempotency-Key makes.
+Replayable = TypeVar("Replayable", Job, Study)
 # How long a tenant at its concurrent-job limit is asked to wait: about an epoch of a
 # small model, when a slot may have come free.
 JOB_SLOT_RETRY_SECONDS = 30
@@ -47,18 +50,21 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _replay(session: Session, tenant_id: str, key: str, body_hash: str) -> Job | None:
-    job = session.exec(
-        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+def find_replay(
+    session: Session, table: type[Replayable], tenant_id: str, key: str, body_hash: str
+) -> Replayable | None:
+    """The job (or study) an earlier request with this Idempotency-Key made, if any."""
+    row = session.exec(
+        select(table).where(table.tenant_id == tenant_id, table.idempotency_key == key)
     ).first()
-    if job is not None and job.request_hash != body_hash:
+    if row is not None and row.request_hash != body_hash:
         raise IdempotencyConflict(
-            "this Idempotency-Key was used with a different body; use a new key for a new job"
+            "this Idempotency-Key was used with a different body; use a new key for a new request"
         )
-    return job
+    return row
 
 
-def _lock_tenant(session: Session, tenant_id: str) -> None:
+def lock_tenant(session: Session, tenant_id: str) -> None:
     """Holds the tenant's row until the transaction ends, so that one tenant's submissions
     count and insert one at a time. A no-op update rather than SELECT ... FOR UPDATE: on
     PostgreSQL both take the row lock, and on SQLite (which has no FOR UPDATE) the update
@@ -71,12 +77,36 @@ def _lock_tenant(session: Session, tenant_id: str) -> None:
     )
 
 
-def _active_jobs(session: Session, tenant_id: str) -> int:
-    return session.exec(
+def reserve_job_slot(session: Session, tenant_id: str, max_active_jobs: int) -> None:
+    """Raises TooManyJobs (ending the transaction) if the tenant, whose row the caller has
+    locked, already has `max_active_jobs` queued or running."""
+    active = session.exec(
         select(func.count())
         .select_from(Job)
         .where(Job.tenant_id == tenant_id, col(Job.status).in_(ACTIVE_STATUSES))
     ).one()
+    if active >= max_active_jobs:
+        session.rollback()
+        raise TooManyJobs(
+            f"you have {active} queued or running jobs and the limit is {max_active_jobs}; "
+            "wait for one to finish or cancel one",
+            headers={"Retry-After": str(JOB_SLOT_RETRY_SECONDS)},
+            active_jobs=active,
+            limit=max_active_jobs,
+        )
+
+
+def new_job(
+    tenant_id: str, spec: JobSpec, analysis: Analysis, name: str | None = None, **fields: Any
+) -> Job:
+    return Job(
+        tenant_id=tenant_id,
+        name=name or spec.name,
+        spec=spec.model_dump(mode="json"),
+        analysis=analysis.summary(),
+        epochs=spec.epochs,
+        **fields,
+    )
 
 
 def create_job(
@@ -95,31 +125,16 @@ def create_job(
     are counted under the tenant's row lock, so N simultaneous submissions at the limit
     accept exactly as many as there are free slots.
     """
-    _lock_tenant(session, tenant_id)
+    lock_tenant(session, tenant_id)
     if idempotency_key is not None:
-        replayed = _replay(session, tenant_id, idempotency_key, body_hash)
+        replayed = find_replay(session, Job, tenant_id, idempotency_key, body_hash)
         if replayed is not None:
             # Ends the transaction (and the lock) without expiring what was read.
             session.commit()
             return replayed, False
-    active = _active_jobs(session, tenant_id)
-    if active >= max_active_jobs:
-        session.rollback()
-        raise TooManyJobs(
-            f"you have {active} queued or running jobs and the limit is {max_active_jobs}; "
-            "wait for one to finish or cancel one",
-            headers={"Retry-After": str(JOB_SLOT_RETRY_SECONDS)},
-            active_jobs=active,
-            limit=max_active_jobs,
-        )
-    job = Job(
-        tenant_id=tenant_id,
-        name=spec.name,
-        spec=spec.model_dump(mode="json"),
-        analysis=analysis.summary(),
-        epochs=spec.epochs,
-        idempotency_key=idempotency_key,
-        request_hash=body_hash,
+    reserve_job_slot(session, tenant_id, max_active_jobs)
+    job = new_job(
+        tenant_id, spec, analysis, idempotency_key=idempotency_key, request_hash=body_hash
     )
     session.add(job)
     session.commit()
@@ -238,16 +253,30 @@ def release_job(session: Session, job: Job, attempt: int) -> None:
     end_attempt(session, job.id, attempt, AttemptOutcome.handed_back)
 
 
-def holding_attempt(session: Session, job_id: str, post: AttemptPost) -> Job | None:
-    """The job if `post` comes from the attempt that holds it; None if the job was cancelled."""
+# A job stopped from outside its attempt: the attempt's next post hears of it and stops.
+STOPPED_STATUSES = (JobStatus.cancelled, JobStatus.pruned)
+
+
+def holding_attempt(session: Session, job_id: str, post: AttemptPost) -> Job:
+    """The job, if `post` comes from the attempt that holds it: running, or stopped
+    (cancelled or pruned) while it ran."""
     job = session.get(Job, job_id)
     if job is None or job.attempts != post.attempt or job.lease_token != post.lease_token:
         raise StaleAttempt(f"attempt {post.attempt} does not hold job {job_id}")
-    if job.status == JobStatus.cancelled:
-        return None
-    if job.status != JobStatus.running:
+    if job.status not in (JobStatus.running, *STOPPED_STATUSES):
         raise StaleAttempt(f"job {job_id} is {job.status}")
     return job
+
+
+def prune_job(session: Session, job: Job, attempt: int, reason: str) -> None:
+    """The study's pruner stopped the trial after its last recorded epoch; the caller
+    commits. The attempt hears of it in the answer to its post."""
+    job.status = JobStatus.pruned
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    job.pruned_reason = reason[:500]
+    session.add(job)
+    end_attempt(session, job.id, attempt, AttemptOutcome.pruned)
 
 
 def renew_lease(job: Job, lease_seconds: float) -> None:

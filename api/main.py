@@ -15,13 +15,15 @@ from api.error_handlers import install_error_handlers
 from api.limits import BodySizeLimit, NulInUrl
 from api.problem_docs import document_problems, problem_responses
 from api.rate_limit import RateLimiter, make_rate_limiter
-from api.routes import architectures, health, internal, jobs
+from api.routes import architectures, health, internal, jobs, studies
+from api.scheduler import StudyScheduler
 from api.sweeper import Sweeper
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = """Hyperparameter experiments on MNIST CNNs as training jobs.
 
-Submit a job spec, poll the job, read its per-epoch metrics, download its checkpoints.
+Submit a job spec, poll the job, read its per-epoch metrics, download its checkpoints; or
+submit a study, a search over job specs whose trials Tunelab samples, runs and prunes.
 Every `/v1` route needs `Authorization: Bearer <api key>` (`tunelab keys create TENANT`)."""
 
 
@@ -32,7 +34,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.sweep_seconds > 0:
         sweeper = Sweeper(app.state.engine, app.state.dispatcher, settings)
         sweeper.start()
+    scheduler = StudyScheduler(app.state.engine, app.state.dispatcher, settings)
+    app.state.scheduler = scheduler
+    scheduler.start()
     yield
+    scheduler.stop()
     if sweeper is not None:
         sweeper.stop()
     app.state.rate_limiter.close()
@@ -55,7 +61,7 @@ def create_app(
     app.add_middleware(NulInUrl)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
-    for module in (jobs, architectures, health):
+    for module in (jobs, studies, architectures, health):
         app.include_router(module.router)
     # Every worker post may find that its attempt no longer holds the job, and an address
     # past its limit of failed worker authentications is refused.

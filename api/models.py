@@ -44,13 +44,17 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    # A study's trial that its pruner stopped early.
+    pruned = "pruned"
 
     @property
     def finished(self) -> bool:
         return self in FINISHED_STATUSES
 
 
-FINISHED_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+FINISHED_STATUSES = frozenset(
+    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned}
+)
 
 
 class Tenant(SQLModel, table=True):
@@ -101,6 +105,11 @@ class Job(SQLModel, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
+    # A study's trial: the study, and the trial's number in it.
+    study_id: str | None = Field(default=None, foreign_key="studies.id", index=True, max_length=40)
+    trial: int | None = None
+    # Why a pruned job stopped, in words.
+    pruned_reason: str | None = Field(default=None, max_length=500)
 
 
 class AttemptOutcome(StrEnum):
@@ -112,6 +121,8 @@ class AttemptOutcome(StrEnum):
     handed_back = "handed_back"
     # The worker stopped reporting (killed, frozen, lost) until its lease ran out.
     lease_expired = "lease_expired"
+    # The study's pruner stopped the trial after an epoch.
+    pruned = "pruned"
 
 
 class AttemptRow(SQLModel, table=True):
@@ -155,3 +166,76 @@ class CheckpointRow(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     bytes: int
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class StudyStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (StudyStatus.succeeded, StudyStatus.failed, StudyStatus.cancelled)
+
+
+class Study(SQLModel, table=True):
+    """A search over job specs; its trials are rows of `trials`, most of them with a job."""
+
+    __tablename__ = "studies"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: str = Field(default_factory=lambda: new_id("stu"), primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    name: str | None = Field(default=None, max_length=200)
+    status: str = Field(default=StudyStatus.queued, index=True, max_length=16)
+    # The study spec as submitted, with its base spec resolved as a job's is.
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # Optuna's study-level state (e.g. the QMC sampler's position in its sequence), kept
+    # here so that a restarted API samples on from where it was.
+    sampler_state: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    # Parameter importances, and how many finished trials they were computed from.
+    importances: dict[str, float] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    importances_trials: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    request_hash: str | None = Field(default=None, max_length=64)
+
+
+class TrialRow(SQLModel, table=True):
+    """One trial of a study: the parameters sampled, and the job that trains them (None when
+    the sampled spec was infeasible and never queued). Its state is its job's status."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("job_id"),)
+
+    study_id: str = Field(foreign_key="studies.id", primary_key=True, max_length=40)
+    number: int = Field(primary_key=True)
+    params: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    job_id: str | None = Field(default=None, foreign_key="jobs.id", max_length=40)
+    # Why an infeasible trial was never trained.
+    reason: str | None = Field(default=None, max_length=2000)
+    # A confirmation run re-trains this search trial's configuration with another seed.
+    confirms: int | None = None
+    # Optuna's per-trial state: grid positions, CMA-ES generations, ASHA rungs, constraints.
+    system_attrs: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class SchedulerLease(SQLModel, table=True):
+    """Who runs a singleton loop (the study scheduler) among the API processes, until when."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=200)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

@@ -101,6 +101,11 @@ class JobPublic(BaseModel):
     result: JobResult | None = Field(
         description="What the job produced beyond metrics, e.g. an LR range test's curve"
     )
+    study_id: str | None = Field(default=None, description="The study this job is a trial of")
+    trial: int | None = Field(default=None, description="Its trial's number in the study")
+    pruned_reason: str | None = Field(
+        default=None, description="Why the study's pruner stopped it, and after which epoch"
+    )
 
     @classmethod
     def build(
@@ -131,6 +136,9 @@ class JobPublic(BaseModel):
             checkpoints=[CheckpointPublic.from_row(row) for row in checkpoints],
             error=JobError.model_validate(job.error) if job.error else None,
             result=JobResult.model_validate(job.result) if job.result else None,
+            study_id=job.study_id,
+            trial=job.trial,
+            pruned_reason=job.pruned_reason,
         )
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from shared.analysis import analyze
+from shared.checks import admit
 from shared.presets import PRESETS
+from shared.settings import Settings
 from shared.spec import JobSpec
 from worker.mnist_files import prepare_mnist
 from worker.training.data import load_mnist
@@ -49,7 +51,7 @@ class Collect:
 
 def measure(name: str, data_dir: Path) -> dict[str, object]:
     preset = PRESETS[name]
-    spec = JobSpec.model_validate(preset.job())
+    spec = admit(JobSpec.model_validate(preset.job()), Settings())[0]
     collect = Collect(name)
     started = time.perf_counter()
     hardware = detect_hardware()

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets, transforms
 
+from shared.checks import admit
 from shared.settings import Settings
 from shared.spec import JobSpec
 from tests.integration.stack import Stack, wait_until
@@ -39,7 +40,9 @@ ACCURACY_AGREEMENT = 0.002
 
 
 def job_spec(epochs: int) -> JobSpec:
-    return JobSpec.model_validate({"name": "bench-train", "epochs": epochs, "seed": 1})
+    """The benchmark's job, as the API stores it (its preset resolved into layers)."""
+    submitted = JobSpec.model_validate({"name": "bench-train", "epochs": epochs, "seed": 1})
+    return admit(submitted, Settings())[0]
 
 
 class SameOrderAsTunelab(Sampler[int]):

@@ -109,3 +109,5 @@ class AttemptAnswer(Message):
     """The API's answer to every post of an attempt: whether to keep going."""
 
     cancelled: bool
+    # The study's pruner stopped this trial: the job has ended, stop training.
+    pruned: bool = False

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     api_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")
     worker_token: str = ""
     worker_name: str = ""
+    # The tenant key the `tunelab` client commands send (TUNELAB_API_KEY).
+    api_key: str = ""
 
     # How long a claimed attempt stays leased without a heartbeat or a post.
     lease_seconds: float = Field(default=120.0, gt=0)
@@ -54,6 +56,11 @@ class Settings(BaseSettings):
     # backward pass, for every training image of every epoch (and the evaluations). The
     # default is some hours on a CPU, minutes on a GPU.
     max_job_multiply_adds: int = Field(default=10**15, ge=1)
+
+    # Studies: the most trials (search and confirmation runs together) one may run, and how
+    # often the API's scheduler looks for free slots and finished studies.
+    max_trials: int = Field(default=200, ge=1)
+    schedule_seconds: float = Field(default=1.0, gt=0)
 
     # Limits that protect the service from any one client, enforced on every request.
     # A request body larger than this is refused (413) before it is read in full.

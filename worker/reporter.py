@@ -36,6 +36,8 @@ class AttemptReporter:
         self.client = client
         self.claim = claim
         self.cancelled = threading.Event()
+        # The study's pruner stopped this trial; the API has already ended the job.
+        self.pruned = threading.Event()
         self.lost = threading.Event()
         self._stop_heartbeat = threading.Event()
         self._heartbeat_seconds = heartbeat_seconds
@@ -84,6 +86,8 @@ class AttemptReporter:
             raise
         if answer.cancelled:
             self.cancelled.set()
+        if answer.pruned:
+            self.pruned.set()
 
     def _beat(self) -> None:
         while not self._stop_heartbeat.wait(self._heartbeat_seconds):
@@ -119,7 +123,14 @@ class AttemptReporter:
                 self._outbox.task_done()
 
     def should_stop(self) -> bool:
-        return self.cancelled.is_set() or self.lost.is_set()
+        return self.cancelled.is_set() or self.pruned.is_set() or self.lost.is_set()
+
+    def stop_reason(self) -> str:
+        if self.cancelled.is_set():
+            return "cancelled"
+        if self.pruned.is_set():
+            return "pruned by its study"
+        return "lease lost"
 
     def handback_deadline(self) -> float | None:
         return shutdown.handback_deadline()

@@ -121,14 +121,10 @@ def _train_and_report(claim: Claim, reporter: AttemptReporter, settings: Setting
         reporter.hand_back(retry_seconds=settings.handback_grace_seconds)
         return
     except TrainingStopped:
-        log.info(
-            "job %s: attempt %d stopped (%s)",
-            job_id,
-            claim.attempt,
-            "cancelled" if reporter.cancelled.is_set() else "lease lost",
-        )
+        log.info("job %s: attempt %d stopped (%s)", job_id, claim.attempt, reporter.stop_reason())
         if reporter.cancelled.is_set():
             reporter.finish("cancelled")
+        # A pruned trial has nothing more to say: the API ended it when it said stop.
         return
     except Exception as error:
         log.exception("job %s: attempt %d failed", job_id, claim.attempt)

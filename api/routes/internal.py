@@ -16,7 +16,9 @@ from api.ledger import (
     release_job,
     renew_lease,
 )
+from api.models import Job, JobStatus
 from api.reads import checkpoints_of
+from api.trial_pruning import prune_after_epoch
 from shared.messages import (
     AttemptAnswer,
     CheckpointRecord,
@@ -32,7 +34,17 @@ from shared.spec import JobSpec
 router = APIRouter(prefix="/internal/v1/jobs", tags=["internal"], dependencies=[WorkerDep])
 
 CANCELLED = AttemptAnswer(cancelled=True)
+PRUNED = AttemptAnswer(cancelled=False, pruned=True)
 CARRY_ON = AttemptAnswer(cancelled=False)
+
+
+def _stop_answer(job: Job) -> AttemptAnswer | None:
+    """What to tell an attempt whose job was stopped from outside it; None: carry on."""
+    if job.status == JobStatus.cancelled:
+        return CANCELLED
+    if job.status == JobStatus.pruned:
+        return PRUNED
+    return None
 
 
 @router.post("/{job_id}/claim", response_model=Claim)
@@ -58,12 +70,14 @@ def post_epoch(
 ) -> AttemptAnswer:
     """Record an epoch's metrics and checkpoint; renews the lease."""
     job = holding_attempt(session, job_id, report)
-    if job is None:
-        return CANCELLED
+    if (stop := _stop_answer(job)) is not None:
+        return stop
     record_epoch(session, job, report.attempt, report.metrics, report.checkpoint)
     renew_lease(job, settings.lease_seconds)
+    # A trial's epoch is told to its study's pruner, in the same transaction.
+    pruned = job.study_id is not None and prune_after_epoch(session, job, report.attempt)
     session.commit()
-    return CARRY_ON
+    return PRUNED if pruned else CARRY_ON
 
 
 @router.post("/{job_id}/heartbeat", response_model=AttemptAnswer)
@@ -72,8 +86,8 @@ def heartbeat(
 ) -> AttemptAnswer:
     """Keep the lease alive through a long epoch."""
     job = holding_attempt(session, job_id, beat)
-    if job is None:
-        return CANCELLED
+    if (stop := _stop_answer(job)) is not None:
+        return stop
     renew_lease(job, settings.lease_seconds)
     session.add(job)
     session.commit()
@@ -84,8 +98,8 @@ def heartbeat(
 def finish(job_id: str, report: FinishReport, session: SessionDep) -> AttemptAnswer:
     """The attempt's end: succeeded, failed (with a reason) or stopped after a cancel."""
     job = holding_attempt(session, job_id, report)
-    if job is None:
-        return CANCELLED
+    if (stop := _stop_answer(job)) is not None:
+        return stop
     finish_job(session, job, report)
     session.commit()
     return CARRY_ON
@@ -98,8 +112,8 @@ def release(
     """The worker is shutting down: the job is queued again, for the next attempt to resume
     from its last checkpoint. A handed-back attempt does not count against max_attempts."""
     job = holding_attempt(session, job_id, report)
-    if job is None:
-        return CANCELLED
+    if (stop := _stop_answer(job)) is not None:
+        return stop
     release_job(session, job, report.attempt)
     session.commit()
     dispatch(session, dispatcher, job_id)

@@ -77,7 +77,7 @@ class TestRelease:
         job = submit(client, auth)
         worker = WorkerCalls(client, worker_auth)
         attempt = worker.attempt(job["id"])
-        assert worker.release(job["id"], attempt).json() == {"cancelled": False}
+        assert worker.release(job["id"], attempt).json() == {"cancelled": False, "pruned": False}
         fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
         assert (fetched["status"], fetched["worker"]) == ("queued", None)
         assert dispatcher.sent == [job["id"], job["id"]]
@@ -90,7 +90,7 @@ class TestRelease:
         worker = WorkerCalls(client, worker_auth)
         attempt = worker.attempt(job["id"])
         client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
-        assert worker.release(job["id"], attempt).json() == {"cancelled": True}
+        assert worker.release(job["id"], attempt).json() == {"cancelled": True, "pruned": False}
         assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "cancelled"
 
 
@@ -102,7 +102,7 @@ class TestEpochPosts:
         record = checkpoint_record(job["id"], 0)
         for _ in range(2):
             response = worker.post_epoch(job["id"], attempt, 0, checkpoint=record)
-            assert response.json() == {"cancelled": False}
+            assert response.json() == {"cancelled": False, "pruned": False}
         metrics = client.get(f"/v1/jobs/{job['id']}/metrics", headers=auth).json()["items"]
         checkpoints = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()
         assert len(metrics) == 1

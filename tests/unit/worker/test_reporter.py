@@ -193,6 +193,15 @@ class TestAttemptReporter:
             assert reporter.should_stop()
             assert reporter.cancelled.is_set()
 
+    def test_a_prune_in_the_answer_stops_training_without_a_cancel(self):
+        api = FakeApi(httpx.Response(200, json={"cancelled": False, "pruned": True}))
+        with reporter_for(api) as reporter:
+            reporter.epoch_finished(metrics(0), None)
+            reporter.flush()
+            assert reporter.should_stop()
+            assert reporter.pruned.is_set() and not reporter.cancelled.is_set()
+            assert reporter.stop_reason() == "pruned by its study"
+
     def test_a_lost_lease_stops_training_and_silences_the_finish(self):
         api = FakeApi(httpx.Response(409, json={"detail": "stale"}))
         with reporter_for(api) as reporter:

@@ -1,0 +1,305 @@
+"""Optuna's samplers, pruners and importance evaluator, run over the ledger's trials.
+
+Optuna is a library called here, never a second source of truth. For each decision (the
+next trial's parameters, whether to stop a trial after an epoch, the importances) an
+in-memory Optuna study is rebuilt from what the ledger holds: every trial's parameters,
+state, objective, per-epoch values and Optuna's own per-trial and per-study attributes (grid
+positions, CMA-ES generations, QMC's place in its sequence, ASHA's rungs), which the ledger
+keeps too. A restarted API therefore decides exactly as the one before it would have.
+
+Steps are epochs completed: a trial's value after its first epoch is at step 1, so a
+pruner's `min_epochs` counts epochs trained.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+)
+from optuna.distributions import (
+    CategoricalDistribution as OptunaCategorical,
+)
+from optuna.distributions import (
+    FloatDistribution as OptunaFloat,
+)
+from optuna.distributions import (
+    IntDistribution as OptunaInt,
+)
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    SuccessiveHalvingPruner,
+)
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GridSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
+from optuna.storages import InMemoryStorage
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from shared.study_spec import (
+    CategoricalDistribution,
+    Distribution,
+    FloatDistribution,
+    StudySpec,
+    encode_choice,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Importances need a few finished trials to mean anything.
+MIN_TRIALS_FOR_IMPORTANCES = 4
+# Optuna keeps a trial's constraint values in its system attributes under this prefix.
+CONSTRAINT_ATTR = "constraints:"
+
+
+@dataclass
+class TrialRecord:
+    """What Optuna needs of one search trial, read from the ledger."""
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    value: float | None = None
+    # Objective value by step (epochs completed).
+    intermediate: dict[int, float] = field(default_factory=dict)
+    system_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def optuna_distribution(distribution: Distribution) -> BaseDistribution:
+    if isinstance(distribution, CategoricalDistribution):
+        return OptunaCategorical([encode_choice(choice) for choice in distribution.choices])
+    if isinstance(distribution, FloatDistribution):
+        return OptunaFloat(
+            distribution.low, distribution.high, log=distribution.log, step=distribution.step
+        )
+    return OptunaInt(
+        distribution.low, distribution.high, log=distribution.log, step=distribution.step
+    )
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    return {path: optuna_distribution(d) for path, d in spec.space.items()}
+
+
+def encoded(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """The ledger's parameters (JSON values) as Optuna holds them."""
+    return {
+        path: encode_choice(value)
+        if isinstance(spec.space[path], CategoricalDistribution)
+        else value
+        for path, value in params.items()
+    }
+
+
+def decoded(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's parameters as the JSON values they stand for."""
+    values = {}
+    for path, value in params.items():
+        distribution = spec.space[path]
+        if isinstance(distribution, CategoricalDistribution):
+            codes = [encode_choice(choice) for choice in distribution.choices]
+            value = distribution.choices[codes.index(value)]
+        values[path] = value
+    return values
+
+
+def _trial_seed(seed: int, number: int) -> int:
+    # One seed per trial number: the sampler is rebuilt for every trial, and the same study
+    # seed must still give a different, repeatable draw each time.
+    return (seed * 1_000_003 + number) % 2**31
+
+
+def make_sampler(spec: StudySpec, number: int) -> BaseSampler:
+    sampler = spec.sampler
+    seed = _trial_seed(sampler.seed, number)
+    if sampler.name == "grid":
+        grid = {
+            path: [encode_choice(choice) for choice in d.choices]
+            if isinstance(d, CategoricalDistribution)
+            else list(range(int(d.low), int(d.high) + 1, int(d.step or 1)))
+            for path, d in spec.space.items()
+        }
+        # The grid's order is shuffled by the seed: it must be the study's, the same for
+        # every trial, since each trial takes the grid point of its number.
+        return GridSampler(grid, seed=sampler.seed)
+    if sampler.name == "random":
+        return RandomSampler(seed=seed)
+    if sampler.name == "tpe":
+        return TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
+    if sampler.name == "cmaes":
+        return CmaEsSampler(
+            seed=seed, n_startup_trials=sampler.n_startup_trials, warn_independent_sampling=False
+        )
+    if sampler.name == "qmc":
+        # The sequence is the study seed's; its position is kept in the study's attributes.
+        return QMCSampler(seed=sampler.seed, warn_independent_sampling=False)
+    raise ValueError(f"no sampler {sampler.name!r}")
+
+
+def max_epochs(spec: StudySpec) -> int:
+    epochs = spec.space.get("epochs")
+    if epochs is None:
+        return spec.base.epochs
+    if isinstance(epochs, CategoricalDistribution):
+        return max(int(choice) for choice in epochs.choices)  # type: ignore[arg-type]
+    return int(epochs.high)
+
+
+def make_pruner(spec: StudySpec) -> BasePruner:
+    pruner = spec.pruner
+    if pruner.name == "none":
+        return NopPruner()
+    if pruner.name == "median":
+        return MedianPruner(
+            n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_epochs
+        )
+    if pruner.name == "asha":
+        return SuccessiveHalvingPruner(
+            min_resource=pruner.min_epochs, reduction_factor=pruner.reduction_factor
+        )
+    if pruner.name == "hyperband":
+        return HyperbandPruner(
+            min_resource=pruner.min_epochs,
+            max_resource=max(max_epochs(spec), pruner.min_epochs),
+            reduction_factor=pruner.reduction_factor,
+        )
+    raise ValueError(f"no pruner {pruner.name!r}")
+
+
+def _frozen(spec: StudySpec, record: TrialRecord) -> FrozenTrial:
+    value = record.value
+    if record.state == TrialState.PRUNED and value is None and record.intermediate:
+        # Optuna's own rule: a pruned trial's value is its last reported one.
+        value = record.intermediate[max(record.intermediate)]
+    return create_trial(
+        state=record.state,
+        value=value if record.state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+        params=encoded(spec, record.params),
+        distributions={path: optuna_distribution(spec.space[path]) for path in record.params},
+        intermediate_values=record.intermediate,
+        system_attrs=record.system_attrs,
+    )
+
+
+def rebuild(
+    study_id: str,
+    spec: StudySpec,
+    sampler_state: dict[str, Any],
+    records: Sequence[TrialRecord],
+    sampler: BaseSampler | None = None,
+) -> optuna.Study:
+    """An in-memory Optuna study holding the ledger's trials, in the order of their numbers."""
+    storage = InMemoryStorage()
+    study = optuna.create_study(
+        storage=storage,
+        sampler=sampler or RandomSampler(),
+        pruner=make_pruner(spec),
+        study_name=study_id,
+        direction=spec.objective.direction,
+    )
+    for key, value in sampler_state.items():
+        storage.set_study_system_attr(study._study_id, key, value)
+    for record in sorted(records, key=lambda r: r.number):
+        study.add_trial(_frozen(spec, record))
+    return study
+
+
+@dataclass
+class Asked:
+    number: int
+    params: dict[str, Any]
+    system_attrs: dict[str, Any]
+    sampler_state: dict[str, Any]
+
+
+def ask(
+    study_id: str,
+    spec: StudySpec,
+    sampler_state: dict[str, Any],
+    records: Sequence[TrialRecord],
+) -> Asked:
+    """The next trial's parameters, from the sampler told every trial so far."""
+    number = len(records)
+    study = rebuild(study_id, spec, sampler_state, records, make_sampler(spec, number))
+    trial = study.ask(distributions(spec))
+    storage = study._storage
+    return Asked(
+        number=trial.number,
+        params=decoded(spec, trial.params),
+        system_attrs=dict(storage.get_trial_system_attrs(trial._trial_id)),
+        sampler_state=dict(storage.get_study_system_attrs(study._study_id)),
+    )
+
+
+def infeasible_attrs(violations: dict[str, float]) -> dict[str, Any]:
+    """The system attributes that tell Optuna's constrained samplers (TPE) a trial broke its
+    constraints; an invalid spec counts as one violated constraint."""
+    return {f"{CONSTRAINT_ATTR}{name}": amount for name, amount in violations.items()}
+
+
+def penalty(spec: StudySpec, values: Sequence[float]) -> float:
+    """The objective told for an infeasible trial: the worst value seen so far (or the worst
+    an accuracy can be), so that samplers without constraints (CMA-ES) steer away from it."""
+    if spec.objective.maximize:
+        return min(values, default=0.0)
+    return max(values, default=1e6)
+
+
+@dataclass
+class PruneDecision:
+    prune: bool
+    reason: str
+    system_attrs: dict[str, Any]
+
+
+def decide_pruning(
+    study_id: str,
+    spec: StudySpec,
+    sampler_state: dict[str, Any],
+    records: Sequence[TrialRecord],
+    number: int,
+) -> PruneDecision:
+    """Whether the pruner stops trial `number` (running, with its values so far)."""
+    study = rebuild(study_id, spec, sampler_state, records)
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    prune = study.pruner.prune(study, trial)
+    attrs = dict(study._storage.get_trial_system_attrs(trial._trial_id))
+    step = trial.last_step
+    reason = ""
+    if prune and step is not None:
+        reason = (
+            f"stopped by the {spec.pruner.name} pruner after {step} epochs: "
+            f"{spec.objective.metric} {trial.intermediate_values[step]:.4f} is not among the "
+            "trials that go on at this point"
+        )
+    return PruneDecision(prune=prune, reason=reason, system_attrs=attrs)
+
+
+def importances(
+    study_id: str, spec: StudySpec, records: Sequence[TrialRecord]
+) -> dict[str, float] | None:
+    """fANOVA importances over the finished search trials, or None while too few finished."""
+    complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCES or len(spec.space) < 1:
+        return None
+    study = rebuild(study_id, spec, {}, complete)
+    try:
+        found = get_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=spec.sampler.seed)
+        )
+    except (RuntimeError, ValueError):
+        # e.g. every finished trial has the same value: nothing to attribute.
+        return None
+    return {path: float(value) for path, value in found.items() if math.isfinite(value)}

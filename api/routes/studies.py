@@ -1,0 +1,120 @@
+"""The study routes of API v1: hyperparameter searches whose trials are jobs."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from api.deps import SessionDep, SettingsDep, StudyDep, TenantDep
+from api.ledger import request_hash
+from api.models import StudyStatus
+from api.problem_docs import problem_responses
+from api.study_events import StreamState, study_events_since
+from api.study_ledger import cancel_study, create_study
+from api.study_reads import leaderboard, studies_page, study_public, study_trials, study_view
+from api.study_schemas import StudyList, StudyPublic, TrialList
+from shared.study_checks import admit_study
+from shared.study_spec import StudySpec
+
+router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+EVENT_POLL_SECONDS = 1.0
+
+
+def _wake_scheduler(request: Request) -> None:
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None:
+        scheduler.wake()
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyPublic,
+    responses={
+        200: {"model": StudyPublic, "description": "Idempotent replay"},
+        **problem_responses(409),
+    },
+)
+def submit_study(
+    spec: StudySpec,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> StudyPublic:
+    """Validate a study, store it, and start scheduling its trials."""
+    body_hash = request_hash(spec.model_dump(mode="json"))
+    stored = admit_study(spec, settings)
+    study, created = create_study(session, tenant.id, stored, idempotency_key, body_hash)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    else:
+        _wake_scheduler(request)
+    return study_view(session, study)
+
+
+@router.get("", response_model=StudyList)
+def list_studies(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[StudyStatus | None, Query()] = None,
+) -> StudyList:
+    """The tenant's studies, newest first."""
+    return studies_page(session, tenant.id, limit, cursor, status)
+
+
+@router.get("/{study_id}", response_model=StudyPublic)
+def get_study(study: StudyDep, session: SessionDep) -> StudyPublic:
+    """One study: its trials counted by state, the best trial, importances, confirmations."""
+    return study_view(session, study)
+
+
+@router.get("/{study_id}/trials", response_model=TrialList)
+def list_trials(
+    study: StudyDep,
+    session: SessionDep,
+    order: Annotated[Literal["number", "value"], Query()] = "number",
+) -> TrialList:
+    """The leaderboard: every trial with its state, parameters and value; `order=value`
+    puts the best first."""
+    return leaderboard(study, study_trials(session, study), order)
+
+
+@router.get(
+    "/{study_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_study_events(study: StudyDep, request: Request) -> StreamingResponse:
+    """Server-Sent Events: `trial_queued`, `trial_started`, `epoch`, `trial_pruned`,
+    `trial_finished` (each with the trial's leaderboard row), then `status` at the end."""
+    engine = request.app.state.engine
+    study_id = study.id
+
+    async def events() -> AsyncIterator[str]:
+        sent, ended = StreamState(), False
+        while not ended and not await request.is_disconnected():
+            frames, ended = await run_in_threadpool(study_events_since, engine, study_id, sent)
+            for frame in frames:
+                yield frame
+            if not ended:
+                await asyncio.sleep(EVENT_POLL_SECONDS)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@router.post("/{study_id}/cancel", response_model=StudyPublic, responses=problem_responses(409))
+def cancel(study: StudyDep, session: SessionDep) -> StudyPublic:
+    """Cancel every queued and running trial; no new trial starts."""
+    views = study_trials(session, study)
+    jobs = [view.job for view in views if view.job is not None and view.active]
+    cancel_study(session, study, jobs)
+    return study_public(study, study_trials(session, study))

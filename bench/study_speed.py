@@ -1,0 +1,135 @@
+"""bench-study: what pruning saves. One run of the embedded default with one worker runs the
+same seeded random search twice, with the `asha` pruner and with `none`, and prints for each
+the epochs trained, the wall time and the best objective, and their ratios.
+
+Both studies sample the same specs (a random sampler's draws depend only on its seed and the
+trial's number), so the difference is what the pruner stopped.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.stack import Stack, wait_until
+from worker.mnist_files import prepare_mnist
+
+# Targets: the pruned study trains at most half the epochs, and finds a best within 0.3
+# points of the unpruned study's.
+MAX_EPOCH_RATIO = 0.5
+MAX_BEST_GAP_POINTS = 0.3
+
+
+def study_body(pruner: str, trials: int, epochs: int, images: int, seed: int) -> dict[str, Any]:
+    return {
+        "name": f"bench-{pruner}",
+        "base": {
+            "epochs": epochs,
+            "seed": 1,
+            "data": {"train_subset": images, "test_subset": 2000},
+            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "schedule": {"name": "onecycle"},
+        },
+        "space": {
+            "optimizer.lr": {"type": "float", "low": 1e-4, "high": 0.5, "log": True},
+            "batch_size": {"type": "categorical", "choices": [32, 64, 128, 256]},
+            "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        },
+        "objective": {"metric": "test_accuracy", "reduce": "best"},
+        "sampler": {"name": "random", "seed": seed},
+        "pruner": {"name": pruner, "min_epochs": 1, "reduction_factor": 3},
+        "max_trials": trials,
+        "max_parallel_trials": 1,
+    }
+
+
+def run_study(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    study_id = client.post("/v1/studies", json=body).raise_for_status().json()["id"]
+
+    def ended() -> dict[str, Any] | None:
+        study = client.get(f"/v1/studies/{study_id}").json()
+        return study if study["status"] in ("succeeded", "failed", "cancelled") else None
+
+    study = wait_until(ended, 3600, f"study {body['name']}", interval=1.0)
+    wall = time.perf_counter() - started
+    trials = client.get(f"/v1/studies/{study_id}/trials").json()["items"]
+    return {
+        "study": study,
+        "wall": wall,
+        "epochs": sum(trial["epochs_completed"] for trial in trials),
+        "pruned": sum(trial["state"] == "pruned" for trial in trials),
+        "best": study["best"]["value"] if study["best"] else float("nan"),
+        "trials": trials,
+    }
+
+
+def report(name: str, result: dict[str, Any], trials: int, epochs: int) -> None:
+    print(
+        f"{name:<6} epochs trained {result['epochs']:>3} of {trials * epochs}   "
+        f"wall {result['wall']:6.1f} s   best test accuracy {result['best']:.4f}   "
+        f"pruned {result['pruned']} of {trials}",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--images", type=int, default=4000, help="training images per trial")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--data-dir", type=Path, default=Path("var/data"))
+    args = parser.parse_args()
+    prepare_mnist(args.data_dir)
+    print(
+        f"{args.trials}-trial random search (seed {args.seed}) over lr, batch size and dropout; "
+        f"{args.epochs} epochs on {args.images} MNIST images each; one worker",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        stack = Stack(
+            workdir,
+            f"sqlite:///{workdir}/tunelab.db",
+            "filesystem://",
+            "training",
+            extra_env={
+                "TUNELAB_DATA_DIR": str(args.data_dir.resolve()),
+                "TUNELAB_MAX_CONCURRENT_JOBS": "4",
+            },
+        )
+        try:
+            stack.tunelab("db", "upgrade")
+            stack.start_api()
+            stack.start_worker()
+            headers = {"Authorization": f"Bearer {stack.create_key('bench')}"}
+            with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
+                results = {}
+                for pruner in ("asha", "none"):
+                    body = study_body(pruner, args.trials, args.epochs, args.images, args.seed)
+                    results[pruner] = run_study(client, body)
+                    report(pruner, results[pruner], args.trials, args.epochs)
+        finally:
+            stack.stop()
+    asha, none = results["asha"], results["none"]
+    epoch_ratio = asha["epochs"] / none["epochs"]
+    gap = (none["best"] - asha["best"]) * 100
+    print(
+        f"asha/none: epochs {epoch_ratio:.2f}   wall {asha['wall'] / none['wall']:.2f}   "
+        f"best {asha['best']:.4f} vs {none['best']:.4f} ({gap:+.2f} points below)"
+    )
+    met = epoch_ratio <= MAX_EPOCH_RATIO and gap <= MAX_BEST_GAP_POINTS
+    print(
+        f"targets (epochs <= {MAX_EPOCH_RATIO:.1f}x, best within {MAX_BEST_GAP_POINTS} points): "
+        + ("met" if met else "MISSED")
+    )
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The study spec: the body of POST /v1/studies, a search over job specs.
+
+A study names a base job spec, a search space keyed by JSON paths into that spec
+(`optimizer.lr`, `model.layers[0].out_channels`), what to optimise, and how to sample and
+prune. Everything here is plain data; the API checks the paths against the base spec and
+hands sampling and pruning to Optuna.
+"""
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, JsonValue, model_validator
+
+from shared.spec import JobSpec
+from shared.strict import PRINTABLE, StrictModel
+
+# One step of a path: `.name` (or a leading `name`), or `[index]`.
+PATH_STEP = re.compile(r"(?:^|\.)([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+PathStep = str | int
+
+
+class FloatDistribution(StrictModel):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FloatDistribution":
+        _check_range(self.low, self.high, self.log)
+        if self.log and self.step is not None:
+            raise ValueError("give log or step, not both")
+        return self
+
+
+class IntDistribution(StrictModel):
+    type: Literal["int"]
+    low: int = Field(ge=-(2**31), le=2**31 - 1)
+    high: int = Field(ge=-(2**31), le=2**31 - 1)
+    step: int = Field(default=1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "IntDistribution":
+        _check_range(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("log needs a step of 1")
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class CategoricalDistribution(StrictModel):
+    type: Literal["categorical"]
+    choices: list[JsonValue] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "CategoricalDistribution":
+        encoded = [encode_choice(choice) for choice in self.choices]
+        if len(set(encoded)) != len(encoded):
+            raise ValueError("choices must be distinct")
+        return self
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if low >= high:
+        raise ValueError(f"low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"log needs low above 0, not {low}")
+
+
+Distribution = Annotated[
+    FloatDistribution | IntDistribution | CategoricalDistribution, Field(discriminator="type")
+]
+
+
+def encode_choice(choice: JsonValue) -> str | int | float | bool | None:
+    """A categorical choice as Optuna can hold it: scalars as they are, lists and objects as
+    canonical JSON text (which also makes them readable in optuna-dashboard)."""
+    if isinstance(choice, dict | list):
+        return json.dumps(choice, sort_keys=True, separators=(",", ":"))
+    return choice
+
+
+Metric = Literal["test_accuracy", "test_loss", "train_accuracy", "train_loss"]
+
+
+class Objective(StrictModel):
+    metric: Metric = "test_accuracy"
+    direction: Literal["maximize", "minimize"] | None = None
+    # The objective of a trial: its best epoch's value, or its last epoch's.
+    reduce: Literal["best", "last"] = "best"
+
+    @model_validator(mode="after")
+    def _direction(self) -> "Objective":
+        if self.direction is None:
+            self.direction = "maximize" if self.metric.endswith("accuracy") else "minimize"
+        return self
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class SamplerSpec(StrictModel):
+    name: Literal["grid", "random", "tpe", "cmaes", "qmc"] = "tpe"
+    # The same seed (and the same results told) gives the same sequence of sampled specs.
+    seed: Seed = 0
+    # TPE and CMA-ES sample at random for this many trials before they model the results.
+    n_startup_trials: int = Field(default=5, ge=0, le=1000)
+
+
+class PrunerSpec(StrictModel):
+    name: Literal["none", "median", "asha", "hyperband"] = "none"
+    # asha and hyperband: the fewest epochs a trial trains before it can be stopped, and
+    # the factor by which each rung keeps fewer trials.
+    min_epochs: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+    # median: trials that must finish before any is stopped, and epochs before a trial is.
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_epochs: int = Field(default=0, ge=0)
+
+
+class Constraints(StrictModel):
+    max_parameters: int | None = Field(default=None, ge=1)
+    max_multiply_adds: int | None = Field(default=None, ge=1)
+
+
+class ConfirmSpec(StrictModel):
+    top_k: int = Field(default=3, ge=1, le=20)
+    seeds: int = Field(default=3, ge=1, le=20)
+
+
+class StudySpec(StrictModel):
+    name: str | None = Field(default=None, max_length=200, pattern=PRINTABLE)
+    base: JobSpec = Field(default_factory=JobSpec)
+    space: dict[Annotated[str, Field(max_length=200)], Distribution] = Field(
+        min_length=1, max_length=32
+    )
+    objective: Objective = Field(default_factory=Objective)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    constraints: Constraints = Field(default_factory=Constraints)
+    # Search trials; the confirmation runs come on top. The service's own limit
+    # (TUNELAB_MAX_TRIALS) is checked at submission.
+    max_trials: int = Field(default=20, ge=1)
+    max_parallel_trials: int = Field(default=1, ge=1, le=64)
+    confirm: ConfirmSpec | None = None
+
+
+def parse_path(path: str) -> list[PathStep]:
+    """'model.layers[0].out_channels' -> ['model', 'layers', 0, 'out_channels']."""
+    steps: list[PathStep] = []
+    position = 0
+    for match in PATH_STEP.finditer(path):
+        if match.start() != position:
+            break
+        name, index = match.groups()
+        steps.append(name if name is not None else int(index))
+        position = match.end()
+    if position != len(path) or not steps or not isinstance(steps[0], str):
+        raise ValueError(
+            f"{path!r} is not a path like `optimizer.lr` or `model.layers[0].out_channels`"
+        )
+    return steps
+
+
+def path_problem(document: Any, steps: list[PathStep]) -> str | None:
+    """Why `steps` does not lead to a value of `document`, or None if it does."""
+    node = document
+    walked = ""
+    for step in steps:
+        if isinstance(step, int):
+            if not isinstance(node, list) or step >= len(node):
+                size = f"{len(node)} items" if isinstance(node, list) else "not a list"
+                return f"{walked or 'the spec'} has no item [{step}] ({size})"
+            walked += f"[{step}]"
+        else:
+            if not isinstance(node, dict) or step not in node:
+                keys = ", ".join(sorted(node)) if isinstance(node, dict) else "not an object"
+                return f"{walked or 'the spec'} has no field `{step}` (it has: {keys})"
+            walked += f".{step}" if walked else step
+        node = node[step]
+    return None
+
+
+def set_path(document: Any, steps: list[PathStep], value: Any) -> None:
+    """Sets the value at `steps` in `document`, in place; the path must exist."""
+    node = document
+    for step in steps[:-1]:
+        node = node[step]
+    node[steps[-1]] = value
