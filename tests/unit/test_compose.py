@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cli.main import build_parser
+from cli.main import parse_args
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def _argv(command: str | list[str]) -> list[str]:
 def _parses(argv: list[str]) -> Any:
     assert argv[0] == "tunelab", argv
     try:
-        return build_parser().parse_args(argv[1:])
+        return parse_args(argv[1:])
     except SystemExit:
         pytest.fail(f"`{shlex.join(argv)}` does not parse with the tunelab CLI")
 

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from cli.main import build_parser
+from cli.main import app, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -77,19 +78,89 @@ class TestKeys:
         assert tunelab(tmp_path, "keys", "revoke", "nope").returncode == 1
 
 
-class TestParser:
+class TestClientCommands:
+    def test_a_client_command_needs_an_api_key(self, tmp_path):
+        result = tunelab(tmp_path, "study", "show", "stu_1")
+        assert (result.returncode, result.stderr.strip()) == (
+            2,
+            "tunelab: TUNELAB_API_KEY must be set",
+        )
+
+    def test_an_unreachable_api_is_one_line(self, tmp_path):
+        result = tunelab(
+            tmp_path,
+            "study",
+            "show",
+            "stu_1",
+            TUNELAB_API_URL="http://127.0.0.1:1",
+            TUNELAB_API_KEY="tl_x",
+        )
+        assert result.returncode == 1
+        assert result.stderr.startswith("tunelab: cannot reach the API at http://127.0.0.1:1: ")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert result.stdout == ""
+
+    def test_a_study_file_that_is_not_json_is_one_line(self, tmp_path):
+        (tmp_path / "s.json").write_text("{nope")
+        result = tunelab(tmp_path, "study", "create", str(tmp_path / "s.json"))
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"tunelab: {tmp_path / 's.json'} is not JSON: ")
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    def test_export_never_overwrites_a_file_without_force(self, tmp_path):
+        (tmp_path / "x.db").write_text("mine")
+        result = tunelab(tmp_path, "study", "export", "stu_1", "-o", str(tmp_path / "x.db"))
+        assert (result.returncode, result.stderr.strip()) == (
+            1,
+            f"tunelab: {tmp_path / 'x.db'} exists; pass --force to replace it",
+        )
+        assert (tmp_path / "x.db").read_text() == "mine"
+
+
+COMMANDS = [
+    (["api", "--host", "0.0.0.0", "--port", "9000"], {"host": "0.0.0.0", "port": 9000}),
+    (["worker", "--concurrency", "2"], {"concurrency": 2}),
+    (["dev", "--port", "1"], {"host": "127.0.0.1", "port": 1, "tenant": "default"}),
+    (["db", "upgrade"], {}),
+    (["keys", "create", "t"], {"tenant": "t"}),
+    (["keys", "list"], {}),
+    (["keys", "revoke", "p"], {"prefix": "p"}),
+    (["data", "prepare"], {}),
+    (["study", "create", "s.json", "--watch"], {"watch": True}),
+    (["study", "show", "stu_1", "--json"], {"study_id": "stu_1", "as_json": True}),
+    (["study", "trials", "stu_1", "--order", "value"], {"study_id": "stu_1", "order": "value"}),
+    (["study", "cancel", "stu_1"], {"study_id": "stu_1"}),
+    (["study", "watch", "stu_1"], {"study_id": "stu_1"}),
+    (["study", "export", "stu_1", "-o", "x.db"], {"study_id": "stu_1", "force": False}),
+]
+
+
+class TestCommandLine:
+    @pytest.mark.parametrize(("argv", "params"), COMMANDS, ids=lambda v: " ".join(v)[:40])
+    def test_every_command_parses(self, argv, params):
+        parsed = parse_args(argv)
+        words = [word for word in argv if not word.startswith("-")]
+        assert parsed.command == argv[0]
+        assert parsed.path == words[: len(parsed.path)]
+        assert params.items() <= vars(parsed).items()
+
+    @pytest.mark.parametrize("argv", [argv for argv, _ in COMMANDS], ids=lambda v: " ".join(v)[:40])
+    def test_every_command_has_help(self, argv):
+        path = parse_args(argv).path
+        result = CliRunner().invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, result.output
+        assert f"tunelab {' '.join(path)}" in " ".join(result.output.split())
+
     @pytest.mark.parametrize(
         "argv",
-        [
-            ["api", "--host", "0.0.0.0", "--port", "9000"],
-            ["worker", "--concurrency", "2"],
-            ["dev", "--port", "1"],
-            ["db", "upgrade"],
-            ["keys", "create", "t"],
-            ["keys", "list"],
-            ["keys", "revoke", "p"],
-            ["data", "prepare"],
-        ],
+        [["nope"], ["db"], ["api", "--port", "x"], ["study", "trials", "s", "--order", "best"]],
     )
-    def test_every_command_parses(self, argv):
-        assert callable(build_parser().parse_args(argv).handler)
+    def test_a_wrong_command_line_exits_2(self, argv):
+        with pytest.raises(SystemExit) as exited:
+            parse_args(argv)
+        assert exited.value.code == 2
+
+    def test_a_wrong_command_line_exits_2_at_the_terminal(self, tmp_path):
+        result = tunelab(tmp_path, "study", "trials", "stu_1", "--order", "best")
+        assert result.returncode == 2
+        assert "best" in result.stderr

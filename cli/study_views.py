@@ -1,0 +1,266 @@
+"""What the study commands print for people: a study, its leaderboard and a line per event,
+rendered with rich from the API's JSON (the study resource, trial rows, SSE events)."""
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from cli.client import ServerEvent
+
+STATE_STYLES = {
+    "queued": "dim",
+    "started": "cyan",
+    "running": "cyan",
+    "succeeded": "green",
+    "pruned": "yellow",
+    "infeasible": "magenta",
+    "failed": "red",
+    "cancelled": "dim",
+}
+TRIAL_STATES = ("queued", "running", "succeeded", "pruned", "infeasible", "failed", "cancelled")
+
+
+def console(stderr: bool = False) -> Console:
+    # Markup off: parameter paths (`model.layers[0].out_channels`) and reasons are data.
+    return Console(stderr=stderr, markup=False, highlight=False, emoji=False)
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def format_value(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def format_param(value: Any) -> str:
+    """A parameter's value as JSON writes it (`true`, `{"name":"step"}`), floats to 4 digits."""
+    if isinstance(value, dict | list | bool) or value is None:
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_params(params: Mapping[str, Any], separator: str = ", ") -> str:
+    return separator.join(f"{path}={format_param(value)}" for path, value in params.items())
+
+
+def format_time(text: str | None) -> str:
+    if not text:
+        return "—"
+    return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_duration(start: str, end: str) -> str:
+    seconds = int((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def format_counts(counts: Mapping[str, int]) -> str:
+    parts = [f"{counts[state]} {state}" for state in TRIAL_STATES if counts.get(state)]
+    return f"{counts.get('total', 0)} total" + (f": {', '.join(parts)}" if parts else "")
+
+
+def styled_state(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def metric_of(study: Mapping[str, Any]) -> str:
+    return str(study["spec"]["objective"]["metric"])
+
+
+def planned_epochs(study: Mapping[str, Any], params: Mapping[str, Any]) -> int | None:
+    """The epochs a trial trains: its sampled `epochs`, else the base spec's."""
+    epochs = params.get("epochs", study["spec"].get("base", {}).get("epochs"))
+    return epochs if isinstance(epochs, int) else None
+
+
+def trial_note(trial: Mapping[str, Any]) -> str:
+    """The reason column: why it was pruned, infeasible or failed; what a confirmation run
+    re-runs."""
+    notes = []
+    if trial.get("confirms") is not None:
+        notes.append(f"confirms trial {trial['confirms']}, seed {trial.get('seed')}")
+    if trial.get("reason"):
+        notes.append(str(trial["reason"]))
+    return "; ".join(notes)
+
+
+# --- study show ---------------------------------------------------------------------------
+
+
+def _importances(importances: Mapping[str, float]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right")
+    grid.add_column()
+    for path, share in sorted(importances.items(), key=lambda item: -item[1]):
+        grid.add_row(path, f"{share:.2f}", Text("█" * round(share * 20), style="blue"))
+    return grid
+
+
+def _confirmed(metric: str, confirmed: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for header, justify in (
+        ("rank", "right"),
+        ("trial", "right"),
+        (f"{metric} mean ± std", "right"),
+        ("runs", "right"),
+        ("params", "left"),
+    ):
+        table.add_column(header, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for rank, configuration in enumerate(confirmed, start=1):
+        table.add_row(
+            str(rank),
+            str(configuration["trial"]),
+            f"{configuration['mean']:.4f} ± {configuration['std']:.4f}",
+            str(configuration["n"]),
+            format_params(configuration["params"], "\n"),
+        )
+    return table
+
+
+def study_view(study: Mapping[str, Any]) -> RenderableType:
+    """The study resource for a person: status, counts, best trial, importances, and the
+    confirmed ranking."""
+    spec = study["spec"]
+    objective = spec["objective"]
+    metric = objective["metric"]
+    title = Text.assemble(("study ", "bold"), (study["id"], "bold"))
+    if study.get("name"):
+        title.append(f"  {study['name']}")
+    title.append("  ")
+    title.append_text(styled_state(study["status"]))
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("created", format_time(study["created_at"]))
+    if study.get("finished_at"):
+        took = format_duration(study["created_at"], study["finished_at"])
+        grid.add_row("finished", f"{format_time(study['finished_at'])} (after {took})")
+    grid.add_row("objective", f"{objective['direction']} {metric} ({objective['reduce']} epoch)")
+    pruner = "no" if spec["pruner"]["name"] == "none" else spec["pruner"]["name"]
+    grid.add_row(
+        "search",
+        f"{spec['sampler']['name']} sampler, {pruner} pruner, "
+        f"up to {spec['max_trials']} trials, {spec['max_parallel_trials']} at a time",
+    )
+    grid.add_row("trials", format_counts(study["trials"]))
+    best = study.get("best")
+    if best:
+        lines = [f"trial {best['trial']}: {metric} {format_value(best['value'])}"]
+        lines += [f"  {path} = {format_param(v)}" for path, v in best["params"].items()]
+        grid.add_row("best", "\n".join(lines))
+    else:
+        grid.add_row("best", "none yet")
+    importances = study.get("importances")
+    grid.add_row("importances", _importances(importances) if importances else "not yet")
+    if spec.get("confirm"):
+        confirmed = study.get("confirmed")
+        grid.add_row(
+            "confirmed",
+            _confirmed(metric, confirmed) if confirmed else "not yet",
+        )
+    if study.get("error"):
+        grid.add_row("error", Text(str(study["error"].get("message", "")), style="red"))
+    return Group(title, grid)
+
+
+# --- study trials -------------------------------------------------------------------------
+
+
+def trials_table(study: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> Table:
+    """The leaderboard: number, state, value, epochs, params, reason."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("trial", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column(metric_of(study), justify="right", no_wrap=True)
+    table.add_column("epochs", justify="right", no_wrap=True)
+    # Folded, never cut: a parameter's value is data (an object choice is one long word).
+    table.add_column("params", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for trial in trials:
+        planned = planned_epochs(study, trial["params"])
+        epochs = f"{trial['epochs_completed']}/{planned}" if planned else trial["epochs_completed"]
+        table.add_row(
+            str(trial["number"]),
+            styled_state(trial["state"]),
+            format_value(trial.get("value")),
+            str(epochs),
+            format_params(trial["params"], "\n"),
+            trial_note(trial),
+        )
+    return table
+
+
+# --- study watch --------------------------------------------------------------------------
+
+
+def event_line(
+    study: Mapping[str, Any], event: ServerEvent, introduce: bool = False
+) -> Text | None:
+    """One line for one event of GET /v1/studies/{id}/events (`status` is the caller's);
+    `introduce` adds the trial's params, for the first line of a trial whose `trial_queued`
+    the stream never sent (it polls: a trial can start between two looks)."""
+    trial = event.data
+    if event.event == "status" or not isinstance(trial, dict) or "number" not in trial:
+        return None
+    metric = metric_of(study)
+    line = Text(f"trial {trial['number']} ")
+    state = trial.get("state", "")
+    epochs = trial.get("epochs_completed", 0)
+    if event.event == "trial_queued":
+        line.append_text(styled_state("queued"))
+        line.append(f": {format_params(trial['params'])}")
+        if trial.get("confirms") is not None:
+            line.append(f" ({trial_note(trial)})")
+    elif event.event == "trial_started":
+        line.append_text(styled_state("started"))
+    elif event.event == "epoch":
+        planned = planned_epochs(study, trial["params"])
+        of = f"/{planned}" if planned else ""
+        line.append(f"epoch {epochs}{of}: {metric} {format_value(trial.get('value'))}")
+    elif event.event in ("trial_pruned", "trial_finished"):
+        line.append_text(styled_state(state))
+        if state == "succeeded":
+            value = format_value(trial.get("value"))
+            line.append(f": {metric} {value} after {plural(epochs, 'epoch')}")
+        if trial.get("reason"):
+            line.append(f": {trial['reason']}")
+        elif state == "pruned":
+            line.append(f" after {plural(epochs, 'epoch')}")
+    else:
+        return None
+    if introduce and event.event != "trial_queued":
+        line.append(f" with {format_params(trial['params'])}")
+    return line
+
+
+def summary_line(study: Mapping[str, Any]) -> Text:
+    line = Text(f"study {study['id']} ")
+    line.append_text(styled_state(study["status"]))
+    line.append(f"; trials {format_counts(study['trials'])}")
+    best = study.get("best")
+    if best:
+        line.append(
+            f"; best trial {best['trial']}, {metric_of(study)} {format_value(best['value'])} "
+            f"with {format_params(best['params'])}"
+        )
+    if study.get("error"):
+        line.append(f"; {study['error'].get('message', '')}")
+    return line
