@@ -3,12 +3,14 @@ with the job that trains it (or without one, when infeasible), cancel and the en
 
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from api.errors import JobNotCancellable, StudyNotCancellable
 from api.ledger import cancel_job, find_replay, lock_tenant, new_job, reserve_job_slot
-from api.models import Job, JobStatus, Study, StudyStatus, TrialRow, utcnow
+from api.models import Job, Study, StudyStatus, TrialRow, utcnow
+from api.study_reads import active_trial_jobs
 from shared.analysis import Analysis
 from shared.spec import JobSpec
 from shared.study_spec import StudySpec
@@ -106,18 +108,33 @@ def add_infeasible_trial(
 def _store_trial(
     session: Session, study: Study, trial: TrialRow, sampler_state: dict[str, Any] | None
 ) -> bool:
-    session.add(trial)
+    # Compare-and-set on the study's row, in the trial's transaction: a study cancelled
+    # since the scheduler read it gets no new trial.
+    values: dict[str, Any] = {"status": StudyStatus.running}
     if sampler_state is not None:
-        study.sampler_state = sampler_state
-    if study.status == StudyStatus.queued:
-        study.status = StudyStatus.running
-    session.add(study)
+        values["sampler_state"] = sampler_state
+    still_running = session.execute(
+        update(Study)
+        .where(
+            col(Study.id) == study.id,
+            col(Study.status).in_([StudyStatus.queued, StudyStatus.running]),
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if not still_running.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    session.add(trial)
     try:
         session.commit()
     except IntegrityError:
         # The (study, number) key is taken: another scheduler got there first.
         session.rollback()
         return False
+    study.status = StudyStatus.running
+    if sampler_state is not None:
+        study.sampler_state = sampler_state
     return True
 
 
@@ -138,18 +155,25 @@ def finish_study(session: Session, study: Study, error: dict[str, str] | None) -
     session.commit()
 
 
-def cancel_study(session: Session, study: Study, jobs: list[Job]) -> Study:
-    """Ends the study and cancels each of its queued and running trials' `jobs`."""
-    if StudyStatus(study.status).finished:
-        raise StudyNotCancellable(f"study {study.id} is already {study.status}")
-    study.status = StudyStatus.cancelled
-    study.finished_at = utcnow()
-    session.add(study)
+def cancel_study(session: Session, study: Study) -> Study:
+    """Ends the study, then cancels each of its queued and running trials. The study ends
+    first: the scheduler stores no trial in a cancelled study, so none is missed."""
+    ended = session.execute(
+        update(Study)
+        .where(
+            col(Study.id) == study.id,
+            col(Study.status).in_([StudyStatus.queued, StudyStatus.running]),
+        )
+        .values(status=StudyStatus.cancelled, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
-    for job in jobs:
-        if job.status in (JobStatus.queued, JobStatus.running):
-            try:
-                cancel_job(session, job)
-            except JobNotCancellable:
-                pass  # it finished meanwhile: nothing to cancel
+    session.refresh(study)
+    if not ended.rowcount:  # type: ignore[attr-defined]
+        raise StudyNotCancellable(f"study {study.id} is already {study.status}")
+    for job in active_trial_jobs(session, study.id):
+        try:
+            cancel_job(session, job)
+        except JobNotCancellable:
+            pass  # it finished meanwhile: nothing to cancel
     return study

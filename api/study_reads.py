@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from optuna.trial import TrialState as OptunaState
 from sqlmodel import Session, col, select
 
-from api.models import EpochMetricRow, Job, Study, StudyStatus, TrialRow, as_utc
+from api.models import EpochMetricRow, Job, JobStatus, Study, StudyStatus, TrialRow, as_utc
 from api.optuna_bridge import TrialRecord, penalty
 from api.study_schemas import (
     ACTIVE_TRIAL_STATES,
@@ -289,6 +289,18 @@ def active_studies(session: Session) -> list[Study]:
             select(Study)
             .where(col(Study.status).in_([StudyStatus.queued, StudyStatus.running]))
             .order_by(col(Study.id))
+        )
+    )
+
+
+def active_trial_jobs(session: Session, study_id: str) -> list[Job]:
+    """The study's queued and running trial jobs."""
+    return list(
+        session.exec(
+            select(Job).where(
+                Job.study_id == study_id,
+                col(Job.status).in_([JobStatus.queued, JobStatus.running]),
+            )
         )
     )
 

@@ -4,7 +4,7 @@ Every post names its attempt and lease token; the answer tells the worker whethe
 the job was cancelled. A repeated post (after a timeout) changes nothing.
 """
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerDep
 from api.ledger import (
@@ -38,6 +38,14 @@ PRUNED = AttemptAnswer(cancelled=False, pruned=True)
 CARRY_ON = AttemptAnswer(cancelled=False)
 
 
+def _free_trial_slot(request: Request, job: Job) -> None:
+    """A trial ended: let this process's study scheduler (if it holds the lease) fill the
+    slot now rather than at its next tick."""
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if job.study_id is not None and scheduler is not None:
+        scheduler.wake()
+
+
 def _stop_answer(job: Job) -> AttemptAnswer | None:
     """What to tell an attempt whose job was stopped from outside it; None: carry on."""
     if job.status == JobStatus.cancelled:
@@ -66,7 +74,11 @@ def claim(job_id: str, request: ClaimRequest, session: SessionDep, settings: Set
 
 @router.post("/{job_id}/epochs", response_model=AttemptAnswer)
 def post_epoch(
-    job_id: str, report: EpochReport, session: SessionDep, settings: SettingsDep
+    job_id: str,
+    report: EpochReport,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> AttemptAnswer:
     """Record an epoch's metrics and checkpoint; renews the lease."""
     job = holding_attempt(session, job_id, report)
@@ -77,7 +89,10 @@ def post_epoch(
     # A trial's epoch is told to its study's pruner, in the same transaction.
     pruned = job.study_id is not None and prune_after_epoch(session, job, report.attempt)
     session.commit()
-    return PRUNED if pruned else CARRY_ON
+    if pruned:
+        _free_trial_slot(request, job)
+        return PRUNED
+    return CARRY_ON
 
 
 @router.post("/{job_id}/heartbeat", response_model=AttemptAnswer)
@@ -95,13 +110,16 @@ def heartbeat(
 
 
 @router.post("/{job_id}/finish", response_model=AttemptAnswer)
-def finish(job_id: str, report: FinishReport, session: SessionDep) -> AttemptAnswer:
+def finish(
+    job_id: str, report: FinishReport, request: Request, session: SessionDep
+) -> AttemptAnswer:
     """The attempt's end: succeeded, failed (with a reason) or stopped after a cancel."""
     job = holding_attempt(session, job_id, report)
     if (stop := _stop_answer(job)) is not None:
         return stop
     finish_job(session, job, report)
     session.commit()
+    _free_trial_slot(request, job)
     return CARRY_ON
 
 

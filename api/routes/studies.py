@@ -14,7 +14,7 @@ from api.models import StudyStatus
 from api.problem_docs import problem_responses
 from api.study_events import StreamState, study_events_since
 from api.study_ledger import cancel_study, create_study
-from api.study_reads import leaderboard, studies_page, study_public, study_trials, study_view
+from api.study_reads import leaderboard, studies_page, study_trials, study_view
 from api.study_schemas import StudyList, StudyPublic, TrialList
 from shared.study_checks import admit_study
 from shared.study_spec import StudySpec
@@ -114,7 +114,4 @@ async def stream_study_events(study: StudyDep, request: Request) -> StreamingRes
 @router.post("/{study_id}/cancel", response_model=StudyPublic, responses=problem_responses(409))
 def cancel(study: StudyDep, session: SessionDep) -> StudyPublic:
     """Cancel every queued and running trial; no new trial starts."""
-    views = study_trials(session, study)
-    jobs = [view.job for view in views if view.job is not None and view.active]
-    cancel_study(session, study, jobs)
-    return study_public(study, study_trials(session, study))
+    return study_view(session, cancel_study(session, study))

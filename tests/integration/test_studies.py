@@ -249,3 +249,34 @@ def test_another_tenant_gets_404_on_every_study_route(production_stack: Stack):
             assert stranger.request(method, path).status_code == 404, path
         assert stranger.get("/v1/studies").json()["items"] == []
         wait_for_study(owner, study["id"])
+
+
+def test_two_api_processes_schedule_one_study_once(production_stack: Stack):
+    """Both processes run a scheduler; the lease lets one at a time add trials."""
+    stack = production_stack
+    second = Stack(stack.workdir / "second", stack.database_url, stack.broker_url, stack.queue)
+    second.workdir.mkdir()
+    try:
+        second.start_api()
+        key = stack.create_key()
+        max_trials = 6
+        with api(stack, key) as first_client, api(second, key) as second_client:
+            study = create(
+                second_client,
+                {
+                    "name": "two-apis",
+                    "base": {**BASE, "epochs": 1},
+                    "space": {"optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1}},
+                    "sampler": {"name": "random", "seed": 4},
+                    "max_trials": max_trials,
+                    "max_parallel_trials": 3,
+                },
+            )
+            done = wait_for_study(first_client, study["id"])
+            rows = trials(second_client, study["id"])
+        assert done["status"] == "succeeded", stack.logs() + second.logs()
+        assert [t["number"] for t in rows] == list(range(max_trials))
+        assert len({t["job_id"] for t in rows}) == max_trials
+        assert {t["state"] for t in rows} == {"succeeded"}
+    finally:
+        second.stop()

@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from sqlmodel import Session
 
+from api.models import Study
 from api.scheduler import StudyScheduler
+from api.study_ledger import add_infeasible_trial
 from shared.settings import Settings
 from tests.unit.api.conftest import RecordingDispatcher, TenantKeys
 from tests.unit.api.worker_calls import WorkerCalls
@@ -366,6 +369,37 @@ class TestCancel:
         assert len(trials) == 2 and {t["state"] for t in trials} == {"cancelled"}
         assert len(dispatcher.sent) == 2
         assert client.post(f"/v1/studies/{study_id}/cancel", headers=auth).status_code == 409
+
+
+class TestEvents:
+    def test_the_stream_tells_each_trial_and_ends_with_the_study(
+        self, client, auth, scheduler, workers
+    ):
+        study = run_study(client, auth, scheduler, workers, grid_body(max_trials=2))
+        with client.stream("GET", f"/v1/studies/{study['id']}/events", headers=auth) as stream:
+            body = "".join(stream.iter_text())
+        events = [
+            line.removeprefix("event: ") for line in body.splitlines() if line.startswith("event:")
+        ]
+        assert events.count("trial_finished") == 2
+        assert events.count("epoch") == 2
+        assert events[-1] == "status"
+        assert '"status": "succeeded"' in body
+
+
+class TestCancelRace:
+    def test_a_scheduler_that_read_the_study_before_its_cancel_stores_no_trial(
+        self, client, auth, engine
+    ):
+        study_id = client.post("/v1/studies", json=study_body(), headers=auth).json()["id"]
+        with Session(engine, expire_on_commit=False) as session:
+            stale = session.get(Study, study_id)
+        assert client.post(f"/v1/studies/{study_id}/cancel", headers=auth).status_code == 200
+        with Session(engine) as session:
+            assert stale is not None
+            stored = add_infeasible_trial(session, stale, 0, {"batch_size": 64}, "x", {}, {})
+        assert stored is False
+        assert trials_of(client, auth, study_id) == []
 
 
 class TestIsolation:
