@@ -197,7 +197,8 @@ def watch(study_id: StudyId) -> None:
 def export(
     study_id: StudyId,
     output: Annotated[
-        Path, typer.Option("-o", "--output", metavar="FILE.db", help="the Optuna journal file to write")
+        Path,
+        typer.Option("-o", "--output", metavar="FILE.db", help="the Optuna journal file to write"),
     ],
     force: Annotated[bool, typer.Option("--force", help="replace FILE.db if it exists")] = False,
 ) -> None:
