@@ -166,6 +166,8 @@ def trial_public(view: TrialView, objective: Objective) -> TrialPublic:
         reason=reason,
         confirms=view.row.confirms,
         seed=int(view.job.spec.get("seed", 0)) if view.job else None,
+        started_at=as_utc(view.job.started_at) if view.job else None,
+        finished_at=as_utc(view.job.finished_at) if view.job else as_utc(view.row.created_at),
     )
 
 

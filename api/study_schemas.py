@@ -66,6 +66,10 @@ class TrialPublic(BaseModel):
         description="For a confirmation run: the search trial whose configuration it re-runs"
     )
     seed: int | None = Field(description="The seed its job trains with")
+    started_at: datetime | None = Field(description="When its job first started training")
+    finished_at: datetime | None = Field(
+        description="When its job ended (for an infeasible trial: when it was sampled)"
+    )
 
 
 class TrialList(BaseModel):

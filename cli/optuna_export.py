@@ -28,13 +28,15 @@ Confirmation runs (`confirm` in the study) are exported as extra trials after th
 trials, each with the `confirms` user attr naming the search trial whose configuration it
 re-runs with another seed; a search trial has `confirms` None.
 
-Trial start and end times are the export's: the trials route carries no times.
+Each trial starts and ends when its job did (an infeasible one when it was sampled), so the
+dashboard's timeline is the study's own; a trial still queued keeps the export's time.
 """
 
 import os
 import secrets
 import warnings
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,7 @@ def optuna_trial(
         value = intermediate[max(intermediate)]
     if state == TrialState.COMPLETE and value is None:
         state = TrialState.FAIL  # succeeded without a single epoch's metric: nothing to rank
-    return create_trial(
+    frozen = create_trial(
         state=state,
         value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
         params=params,
@@ -111,6 +113,27 @@ def optuna_trial(
             "seed": trial.get("seed"),
         },
     )
+    _keep_times(frozen, trial)
+    return frozen
+
+
+def _keep_times(frozen: FrozenTrial, trial: Mapping[str, Any]) -> None:
+    """The trial's own start and end (its job's), so the dashboard's timeline is real; Optuna's
+    "now" stays where the API knows no time."""
+    started, finished = _moment(trial.get("started_at")), _moment(trial.get("finished_at"))
+    if started is not None:
+        frozen.datetime_start = started
+    elif finished is not None:
+        frozen.datetime_start = finished  # never trained (infeasible): sampled and ended at once
+    if frozen.state.is_finished() and finished is not None:
+        frozen.datetime_complete = max(finished, frozen.datetime_start or finished)
+
+
+def _moment(text: Any) -> datetime | None:
+    # Optuna keeps naive local datetimes; the API's are RFC 3339 UTC.
+    if not text:
+        return None
+    return datetime.fromisoformat(str(text)).astimezone().replace(tzinfo=None)
 
 
 def write_study(

@@ -206,6 +206,25 @@ class TestWriteStudy:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]
 
 
+class TestTimes:
+    def test_each_trial_keeps_its_jobs_start_and_end(self, tmp_path):
+        trials = [
+            trial_json(
+                0,
+                value=0.9,
+                started_at="2026-12-01T10:00:00Z",
+                finished_at="2026-12-01T10:05:30Z",
+            ),
+            trial_json(1, "infeasible", finished_at="2026-12-01T10:06:00Z"),
+        ]
+        path = export(tmp_path, study_json(), trials)
+        with loaded(path, "lr-sched") as study:
+            first, second = study.trials
+        assert (first.datetime_complete - first.datetime_start).total_seconds() == 330
+        assert second.datetime_start == second.datetime_complete
+        assert (second.datetime_start - first.datetime_start).total_seconds() == 360
+
+
 class TestOptunaDashboard:
     def test_the_dashboard_serves_the_exported_file_as_it_is(self, tmp_path):
         path = export(tmp_path, study_json(), [trial_json(0, value=0.9), trial_json(1, value=0.8)])
