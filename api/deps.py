@@ -46,6 +46,14 @@ def get_rate_limiter(request: Request) -> RateLimiter:
     return limiter
 
 
+def wake_scheduler(request: Request) -> None:
+    """Asks this process's study scheduler for a pass now rather than at its next tick (it
+    does nothing unless it holds the lease; without a lifespan there is none)."""
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None:
+        scheduler.wake()
+
+
 def client_address(request: Request) -> str:
     # The peer the server saw. Behind a proxy, run uvicorn with --proxy-headers and
     # --forwarded-allow-ips, or every client shares the proxy's address and its limit.

@@ -54,6 +54,7 @@ from shared.study_spec import (
     FloatDistribution,
     StudySpec,
     encode_choice,
+    grid_values,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -125,12 +126,7 @@ def make_sampler(spec: StudySpec, number: int) -> BaseSampler:
     sampler = spec.sampler
     seed = _trial_seed(sampler.seed, number)
     if sampler.name == "grid":
-        grid = {
-            path: [encode_choice(choice) for choice in d.choices]
-            if isinstance(d, CategoricalDistribution)
-            else list(range(int(d.low), int(d.high) + 1, int(d.step or 1)))
-            for path, d in spec.space.items()
-        }
+        grid = {path: grid_values(d) for path, d in spec.space.items()}
         # The grid's order is shuffled by the seed: it must be the study's, the same for
         # every trial, since each trial takes the grid point of its number.
         return GridSampler(grid, seed=sampler.seed)

@@ -12,10 +12,12 @@ from typing import TypeVar
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from api.models import AttemptRow, CheckpointRow, EpochMetricRow, Job, JobStatus
+from api.models import AttemptRow, CheckpointRow, EpochMetricRow, Job, JobStatus, Study
 from api.schemas import JobList, JobPublic
 
 Row = TypeVar("Row", CheckpointRow, AttemptRow)
+# What the list routes page through.
+Listed = TypeVar("Listed", Job, Study)
 
 
 def job_views(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
@@ -48,6 +50,26 @@ def job_view(session: Session, job: Job) -> JobPublic:
     return job_views(session, [job])[0]
 
 
+def newest_first(
+    session: Session,
+    table: type[Listed],
+    tenant_id: str,
+    limit: int,
+    cursor: str | None = None,
+    status: str | None = None,
+) -> tuple[list[Listed], str | None]:
+    """A page of the tenant's jobs (or studies), newest first (ids grow with time), and the
+    cursor of the next page (None on the last)."""
+    query = select(table).where(table.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(table.status == status)
+    if cursor:
+        query = query.where(col(table.id) < cursor)
+    rows = list(session.exec(query.order_by(col(table.id).desc()).limit(limit + 1)))
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
 def jobs_page(
     session: Session,
     tenant_id: str,
@@ -55,15 +77,8 @@ def jobs_page(
     cursor: str | None = None,
     status: JobStatus | None = None,
 ) -> JobList:
-    """The tenant's jobs, newest first (ids grow with time), `limit` at a time."""
-    query = select(Job).where(Job.tenant_id == tenant_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if cursor:
-        query = query.where(col(Job.id) < cursor)
-    jobs = list(session.exec(query.order_by(col(Job.id).desc()).limit(limit + 1)))
-    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
-    return JobList(items=job_views(session, jobs[:limit]), next_cursor=next_cursor)
+    jobs, next_cursor = newest_first(session, Job, tenant_id, limit, cursor, status)
+    return JobList(items=job_views(session, jobs), next_cursor=next_cursor)
 
 
 def metrics_after(session: Session, job_id: str, since_epoch: int | None) -> list[EpochMetricRow]:

@@ -12,7 +12,8 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -27,11 +28,13 @@ from api.study_ledger import add_infeasible_trial, add_trial_job, finish_study, 
 from api.study_reads import (
     TrialView,
     active_studies,
+    new_trial_view,
     optuna_records,
     ranked_search_trials,
     study_trials,
 )
 from api.study_schemas import TrialState
+from shared.analysis import Analysis
 from shared.checks import SpecRejected
 from shared.settings import Settings
 from shared.study_checks import admit_trial, constraint_violations, describe_problems, grid_size
@@ -43,16 +46,6 @@ LEASE_NAME = "study-scheduler"
 
 
 @dataclass
-class Pass:
-    """What one pass over a study did."""
-
-    queued: int = 0
-    infeasible: int = 0
-    waiting_for_slots: bool = False
-    finished: bool = False
-
-
-@dataclass
 class StudyContext:
     """What every step of a pass over one study works with."""
 
@@ -61,10 +54,11 @@ class StudyContext:
     spec: StudySpec
     dispatcher: Dispatcher
     settings: Settings
+    # The base spec as JSON, which every sampled trial's spec starts from.
+    base: dict[str, object] = field(init=False)
 
-    @property
-    def base(self) -> dict[str, object]:
-        return self.spec.base.model_dump(mode="json")
+    def __post_init__(self) -> None:
+        self.base = self.spec.base.model_dump(mode="json")
 
 
 def search_target(spec: StudySpec) -> int:
@@ -73,71 +67,73 @@ def search_target(spec: StudySpec) -> int:
     return spec.max_trials if size is None else min(spec.max_trials, size)
 
 
-def advance(session: Session, study: Study, dispatcher: Dispatcher, settings: Settings) -> Pass:
+def advance(session: Session, study: Study, dispatcher: Dispatcher, settings: Settings) -> None:
     """One pass over a running study: new trials into free slots, confirmation runs once the
     search is done, importances when more trials finished, and the end when all are done."""
     spec = StudySpec.model_validate(study.spec)
     context = StudyContext(session, study, spec, dispatcher, settings)
+    target = search_target(spec)
     views = study_trials(session, study)
-    done = Pass()
     search = [view for view in views if view.is_search]
     active = sum(view.active for view in views)
+    waiting_for_slots = False
     try:
-        while active < spec.max_parallel_trials and len(search) < search_target(spec):
-            view = _next_search_trial(context, search, done)
+        while active < spec.max_parallel_trials and len(search) < target:
+            view = _next_search_trial(context, search)
             if view is None:
-                return done  # another scheduler took the number: start again next pass
-            if view.active:
-                active += 1
+                return  # the study ended, or another scheduler took the number
+            active += view.active
             search.append(view)
             views.append(view)
-        if len(search) >= search_target(spec) and not any(v.active for v in search):
+        if len(search) >= target and not any(v.active for v in search):
             active += _queue_confirmations(context, views, active)
     except TooManyJobs:
         # The tenant's concurrent-job limit: trials wait for slots, like the tenant's jobs.
-        done.waiting_for_slots = True
+        waiting_for_slots = True
     _refresh_importances(session, study, spec, views)
-    if not done.waiting_for_slots and _all_done(spec, views):
+    if not waiting_for_slots and _all_done(spec, views, target):
         finish_study(session, study, _failure(views))
-        done.finished = True
         log.info("study %s finished: %s", study.id, study.status)
-    return done
 
 
-def _next_search_trial(
-    context: StudyContext, search: list[TrialView], done: Pass
-) -> TrialView | None:
+def _infeasibility(spec: StudySpec, analysis: Analysis) -> tuple[str | None, dict[str, float]]:
+    """Why a valid trial spec may not train (None if it may), and how far over each
+    constraint it is."""
+    violations = constraint_violations(analysis, spec.constraints)
+    broken = {name: excess for name, excess in violations.items() if excess > 0}
+    if not broken:
+        return None, violations
+    limits = ", ".join(
+        f"{name} ({getattr(spec.constraints, name)}) by {excess:.0%}"
+        for name, excess in broken.items()
+    )
+    return (
+        f"breaks {limits}: {analysis.parameters} parameters, "
+        f"{analysis.multiply_adds} multiply-adds",
+        violations,
+    )
+
+
+def _next_search_trial(context: StudyContext, search: list[TrialView]) -> TrialView | None:
     session, study, spec = context.session, context.study, context.spec
     asked = ask(study.id, spec, study.sampler_state, optuna_records(spec, search))
-    reason, violations = None, {}
     try:
         job_spec, analysis = admit_trial(context.base, asked.params, context.settings)
-        violations = constraint_violations(analysis, spec.constraints)
-        broken = {name: excess for name, excess in violations.items() if excess > 0}
-        if broken:
-            reason = (
-                "breaks "
-                + ", ".join(
-                    f"{name} ({getattr(spec.constraints, name)}) by {excess:.0%}"
-                    for name, excess in broken.items()
-                )
-                + f": {analysis.parameters} parameters, {analysis.multiply_adds} multiply-adds"
-            )
+        reason, violations = _infeasibility(spec, analysis)
     except SpecRejected as rejected:
         # Invalid specs are one more constraint, fully broken, for the sampler to learn from.
         reason = "not a valid job: " + describe_problems(rejected.problems)
         violations = {"valid": 1.0}
-    if reason is not None:
-        attrs = {**asked.system_attrs, **infeasible_attrs(violations)}
-        if not add_infeasible_trial(
-            session, study, asked.number, asked.params, reason, attrs, asked.sampler_state
-        ):
-            return None
-        done.infeasible += 1
-        log.info("study %s: trial %d infeasible (%s)", study.id, asked.number, reason)
-        return _stored_view(session, study, asked.number)
     attrs = {**asked.system_attrs, **infeasible_attrs(violations)}
-    job = add_trial_job(
+    if reason is not None:
+        row = add_infeasible_trial(
+            session, study, asked.number, asked.params, reason, attrs, asked.sampler_state
+        )
+        if row is None:
+            return None
+        log.info("study %s: trial %d infeasible (%s)", study.id, asked.number, reason)
+        return new_trial_view(row)
+    stored = add_trial_job(
         session,
         study,
         asked.number,
@@ -148,15 +144,11 @@ def _next_search_trial(
         system_attrs=attrs,
         sampler_state=asked.sampler_state,
     )
-    if job is None:
+    if stored is None:
         return None
+    row, job = stored
     dispatch(session, context.dispatcher, job.id)
-    done.queued += 1
-    return _stored_view(session, study, asked.number)
-
-
-def _stored_view(session: Session, study: Study, number: int) -> TrialView:
-    return next(view for view in study_trials(session, study) if view.number == number)
+    return new_trial_view(row, job)
 
 
 def _queue_confirmations(context: StudyContext, views: list[TrialView], active: int) -> int:
@@ -166,20 +158,17 @@ def _queue_confirmations(context: StudyContext, views: list[TrialView], active: 
     if spec.confirm is None:
         return 0
     queued = 0
-    runs_of: dict[int, int] = {}
-    for view in views:
-        if view.row.confirms is not None:
-            runs_of[view.row.confirms] = runs_of.get(view.row.confirms, 0) + 1
+    runs_of = Counter(view.row.confirms for view in views if view.row.confirms is not None)
     next_number = max((view.number for view in views), default=-1) + 1
     for top in ranked_search_trials(spec, views)[: spec.confirm.top_k]:
         seed = int(top.job.spec["seed"]) if top.job else spec.base.seed
-        for run in range(runs_of.get(top.number, 0), spec.confirm.seeds):
+        for run in range(runs_of[top.number], spec.confirm.seeds):
             if active + queued >= spec.max_parallel_trials:
                 return queued
             job_spec, analysis = admit_trial(
                 context.base, {**top.row.params, "seed": seed + run + 1}, context.settings
             )
-            job = add_trial_job(
+            stored = add_trial_job(
                 session,
                 study,
                 next_number,
@@ -189,18 +178,19 @@ def _queue_confirmations(context: StudyContext, views: list[TrialView], active: 
                 context.settings.max_concurrent_jobs,
                 confirms=top.number,
             )
-            if job is None:
+            if stored is None:
                 return queued
+            row, job = stored
             dispatch(session, context.dispatcher, job.id)
-            views.append(_stored_view(session, study, next_number))
+            views.append(new_trial_view(row, job))
             next_number += 1
             queued += 1
     return queued
 
 
-def _all_done(spec: StudySpec, views: list[TrialView]) -> bool:
+def _all_done(spec: StudySpec, views: list[TrialView], target: int) -> bool:
     search = [view for view in views if view.is_search]
-    if len(search) < search_target(spec) or any(view.active for view in views):
+    if len(search) < target or any(view.active for view in views):
         return False
     if spec.confirm is None:
         return True

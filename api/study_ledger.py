@@ -58,10 +58,10 @@ def add_trial_job(
     system_attrs: dict[str, Any] | None = None,
     sampler_state: dict[str, Any] | None = None,
     confirms: int | None = None,
-) -> Job | None:
+) -> tuple[TrialRow, Job] | None:
     """Queues trial `number` as a job of the study's tenant, with the sampler's state, in one
-    transaction. Raises TooManyJobs when the tenant has no free slot; returns None when
-    another scheduler stored this trial number first."""
+    transaction; the stored trial and its job. Raises TooManyJobs when the tenant has no free
+    slot; returns None when the study ended or another scheduler stored this number first."""
     lock_tenant(session, study.tenant_id)
     reserve_job_slot(session, study.tenant_id, max_active_jobs)
     job = new_job(
@@ -82,7 +82,7 @@ def add_trial_job(
         confirms=confirms,
         system_attrs=system_attrs or {},
     )
-    return job if _store_trial(session, study, trial, sampler_state) else None
+    return (trial, job) if _store_trial(session, study, trial, sampler_state) else None
 
 
 def add_infeasible_trial(
@@ -93,8 +93,9 @@ def add_infeasible_trial(
     reason: str,
     system_attrs: dict[str, Any],
     sampler_state: dict[str, Any],
-) -> bool:
-    """Records a sampled spec that is never queued, and why; False if the number was taken."""
+) -> TrialRow | None:
+    """Records a sampled spec that is never queued, and why; None when the study ended or the
+    number was taken."""
     trial = TrialRow(
         study_id=study.id,
         number=number,
@@ -102,7 +103,7 @@ def add_infeasible_trial(
         reason=reason[:2000],
         system_attrs=system_attrs,
     )
-    return _store_trial(session, study, trial, sampler_state)
+    return trial if _store_trial(session, study, trial, sampler_state) else None
 
 
 def _store_trial(

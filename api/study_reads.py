@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from api.models import EpochMetricRow, Job, JobStatus, Study, StudyStatus, TrialRow, as_utc
 from api.optuna_bridge import TrialRecord, penalty
+from api.reads import newest_first
 from api.study_schemas import (
     ACTIVE_TRIAL_STATES,
     BestTrial,
@@ -86,6 +87,11 @@ def _state(row: TrialRow, job: Job | None) -> TrialState:
     if row.job_id is None or job is None:
         return TrialState.infeasible
     return TrialState(job.status)
+
+
+def new_trial_view(row: TrialRow, job: Job | None = None) -> TrialView:
+    """A trial just stored: queued with its job, or infeasible without one; no epochs yet."""
+    return TrialView(row, _state(row, job), job)
 
 
 def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[TrialView]]:
@@ -270,14 +276,7 @@ def studies_page(
     cursor: str | None = None,
     status: StudyStatus | None = None,
 ) -> StudyList:
-    query = select(Study).where(Study.tenant_id == tenant_id)
-    if status is not None:
-        query = query.where(Study.status == status)
-    if cursor:
-        query = query.where(col(Study.id) < cursor)
-    studies = list(session.exec(query.order_by(col(Study.id).desc()).limit(limit + 1)))
-    next_cursor = studies[limit - 1].id if len(studies) > limit else None
-    page = studies[:limit]
+    page, next_cursor = newest_first(session, Study, tenant_id, limit, cursor, status)
     views = trial_views(session, page)
     return StudyList(
         items=[study_public(study, views[study.id]) for study in page], next_cursor=next_cursor

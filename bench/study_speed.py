@@ -8,14 +8,14 @@ trial's number), so the difference is what the pruner stopped.
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.integration.stack import Stack, wait_until
+from bench.embedded import embedded_service
+from tests.integration.stack import wait_until
 from worker.mnist_files import prepare_mnist
 
 # Targets: the pruned study trains at most half the epochs, and finds a best within 0.3
@@ -114,39 +114,20 @@ def main() -> int:
         f"one worker; asha with min_epochs 1, reduction_factor {args.reduction_factor}",
         flush=True,
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        workdir = Path(scratch)
-        stack = Stack(
-            workdir,
-            f"sqlite:///{workdir}/tunelab.db",
-            "filesystem://",
-            "training",
-            extra_env={
-                "TUNELAB_DATA_DIR": str(args.data_dir.resolve()),
-                "TUNELAB_MAX_CONCURRENT_JOBS": "4",
-            },
-        )
-        try:
-            stack.tunelab("db", "upgrade")
-            stack.start_api()
-            stack.start_worker()
-            headers = {"Authorization": f"Bearer {stack.create_key('bench')}"}
-            with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
-                results = {}
-                for pruner in ("asha", "none"):
-                    body = study_body(
-                        pruner,
-                        args.trials,
-                        args.epochs,
-                        args.images,
-                        args.seed,
-                        args.reduction_factor,
-                        args.schedule,
-                    )
-                    results[pruner] = run_study(client, body)
-                    report(pruner, results[pruner], args.trials, args.epochs)
-        finally:
-            stack.stop()
+    results = {}
+    with embedded_service(args.data_dir, max_concurrent_jobs="4") as client:
+        for pruner in ("asha", "none"):
+            body = study_body(
+                pruner,
+                args.trials,
+                args.epochs,
+                args.images,
+                args.seed,
+                args.reduction_factor,
+                args.schedule,
+            )
+            results[pruner] = run_study(client, body)
+            report(pruner, results[pruner], args.trials, args.epochs)
     asha, none = results["asha"], results["none"]
     epoch_ratio = asha["epochs"] / none["epochs"]
     gap = (none["best"] - asha["best"]) * 100

@@ -14,7 +14,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets, transforms
 
+from bench.embedded import embedded_service
 from shared.checks import admit
 from shared.settings import Settings
 from shared.spec import JobSpec
-from tests.integration.stack import Stack, wait_until
+from tests.integration.stack import wait_until
 from worker.mnist_files import prepare_mnist
 from worker.training.data import MNIST_MEAN, MNIST_STD, load_mnist
 from worker.training.device import detect_hardware
@@ -145,34 +145,16 @@ def run_job(client: httpx.Client, body: dict[str, object]) -> str:
 
 def service(spec: JobSpec, data_dir: Path) -> tuple[list[dict[str, float]], float]:
     """The embedded default's processes, started for this run and stopped after it."""
-    with tempfile.TemporaryDirectory() as scratch:
-        workdir = Path(scratch)
-        stack = Stack(
-            workdir,
-            f"sqlite:///{workdir}/tunelab.db",
-            "filesystem://",
-            "training",
-            # The default heartbeat, not the tests' fast one.
-            extra_env={
-                "TUNELAB_DATA_DIR": str(data_dir.resolve()),
-                "TUNELAB_HEARTBEAT_SECONDS": str(Settings().heartbeat_seconds),
-            },
-        )
-        try:
-            stack.tunelab("db", "upgrade")
-            stack.start_api()
-            stack.start_worker()
-            headers = {"Authorization": f"Bearer {stack.create_key('bench')}"}
-            with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as client:
-                # A worker in service is a long-lived process that has trained before: one
-                # short job first loads MNIST into it and warms PyTorch up, untimed.
-                run_job(client, WARM_UP_JOB)
-                submitted = time.perf_counter()
-                job_id = run_job(client, spec.model_dump(mode="json"))
-                wall = time.perf_counter() - submitted
-                rows = client.get(f"/v1/jobs/{job_id}/metrics").json()["items"]
-        finally:
-            stack.stop()
+    # The default heartbeat, not the tests' fast one.
+    heartbeat = str(Settings().heartbeat_seconds)
+    with embedded_service(data_dir, timeout=10, heartbeat_seconds=heartbeat) as client:
+        # A worker in service is a long-lived process that has trained before: one short job
+        # first loads MNIST into it and warms PyTorch up, untimed.
+        run_job(client, WARM_UP_JOB)
+        submitted = time.perf_counter()
+        job_id = run_job(client, spec.model_dump(mode="json"))
+        wall = time.perf_counter() - submitted
+        rows = client.get(f"/v1/jobs/{job_id}/metrics").json()["items"]
     return rows, wall
 
 

@@ -18,6 +18,7 @@ from shared.study_spec import (
     FloatDistribution,
     IntDistribution,
     StudySpec,
+    grid_values,
     parse_path,
     path_problem,
     set_path,
@@ -138,15 +139,7 @@ def grid_size(study: StudySpec) -> int | None:
     """How many points the grid has (None for other samplers)."""
     if study.sampler.name != "grid":
         return None
-    size = 1
-    for distribution in study.space.values():
-        if isinstance(distribution, CategoricalDistribution):
-            size *= len(distribution.choices)
-        elif isinstance(distribution, IntDistribution):
-            size *= len(distribution.values())
-        else:
-            size *= math.inf  # type: ignore[assignment]
-    return size
+    return math.prod(len(grid_values(d)) for d in study.space.values())
 
 
 def admit_study(study: StudySpec, settings: Settings) -> StudySpec:

@@ -77,6 +77,16 @@ Distribution = Annotated[
 ]
 
 
+def grid_values(distribution: Distribution) -> list[str | int | float | bool | None]:
+    """A grid dimension's points as Optuna holds them; a float dimension has none (a grid
+    with one is refused at submission)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return [encode_choice(choice) for choice in distribution.choices]
+    if isinstance(distribution, IntDistribution):
+        return list(distribution.values())
+    raise ValueError("a float dimension has no grid points")
+
+
 def encode_choice(choice: JsonValue) -> str | int | float | bool | None:
     """A categorical choice as Optuna can hold it: scalars as they are, lists and objects as
     canonical JSON text (which also makes them readable in optuna-dashboard)."""

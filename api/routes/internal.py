@@ -6,7 +6,7 @@ the job was cancelled. A repeated post (after a timeout) changes nothing.
 
 from fastapi import APIRouter, Request
 
-from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerDep
+from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerDep, wake_scheduler
 from api.ledger import (
     claim_job,
     dispatch,
@@ -39,11 +39,9 @@ CARRY_ON = AttemptAnswer(cancelled=False)
 
 
 def _free_trial_slot(request: Request, job: Job) -> None:
-    """A trial ended: let this process's study scheduler (if it holds the lease) fill the
-    slot now rather than at its next tick."""
-    scheduler = getattr(request.app.state, "scheduler", None)
-    if job.study_id is not None and scheduler is not None:
-        scheduler.wake()
+    """A trial ended: its slot can be filled now."""
+    if job.study_id is not None:
+        wake_scheduler(request)
 
 
 def _stop_answer(job: Job) -> AttemptAnswer | None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import SessionDep, SettingsDep, StudyDep, TenantDep
+from api.deps import SessionDep, SettingsDep, StudyDep, TenantDep, wake_scheduler
 from api.ledger import request_hash
 from api.models import StudyStatus
 from api.problem_docs import problem_responses
@@ -22,12 +22,6 @@ from shared.study_spec import StudySpec
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
 EVENT_POLL_SECONDS = 1.0
-
-
-def _wake_scheduler(request: Request) -> None:
-    scheduler = getattr(request.app.state, "scheduler", None)
-    if scheduler is not None:
-        scheduler.wake()
 
 
 @router.post(
@@ -55,7 +49,7 @@ def submit_study(
     if not created:
         response.status_code = status.HTTP_200_OK
     else:
-        _wake_scheduler(request)
+        wake_scheduler(request)
     return study_view(session, study)
 
 

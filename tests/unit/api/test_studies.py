@@ -398,7 +398,7 @@ class TestCancelRace:
         with Session(engine) as session:
             assert stale is not None
             stored = add_infeasible_trial(session, stale, 0, {"batch_size": 64}, "x", {}, {})
-        assert stored is False
+        assert stored is None
         assert trials_of(client, auth, study_id) == []
 
 
