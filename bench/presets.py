@@ -16,6 +16,7 @@ import torch
 
 from shared.analysis import analyze
 from shared.checks import admit
+from shared.messages import BatchProgress
 from shared.presets import PRESETS
 from shared.settings import Settings
 from shared.spec import JobSpec
@@ -39,6 +40,9 @@ class Collect:
 
     def handback_deadline(self) -> float | None:
         return None
+
+    def batch_progress(self, progress: BatchProgress) -> None:
+        pass
 
     def epoch_finished(self, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
         self.rows.append(metrics.model_dump())

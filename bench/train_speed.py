@@ -26,6 +26,7 @@ from torchvision import datasets, transforms
 
 from bench.embedded import embedded_service
 from shared.checks import admit
+from shared.messages import BatchProgress
 from shared.settings import Settings
 from shared.spec import JobSpec
 from tests.integration.stack import wait_until
@@ -111,6 +112,9 @@ class Collect:
 
     def handback_deadline(self) -> float | None:
         return None
+
+    def batch_progress(self, progress: BatchProgress) -> None:
+        pass
 
     def epoch_finished(self, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
         self.rows.append(metrics.model_dump())

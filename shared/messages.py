@@ -64,8 +64,22 @@ class EpochReport(AttemptPost):
     checkpoint: CheckpointRecord | None = None
 
 
+class BatchProgress(Message):
+    """Where an attempt is within its epoch (or within an LR range test's sweep)."""
+
+    phase: Literal["train", "lr_range_test"] = "train"
+    # The epoch under way, numbered from 0; an LR range test is one "epoch" of its steps.
+    epoch: int = Field(ge=0, le=MAX_INT32)
+    batches_completed: int = Field(ge=0, le=MAX_INT32)
+    batches: int = Field(ge=1, le=MAX_INT32)
+    images_per_second: float = Field(ge=0.0)
+    # Until the whole job ends, at the pace measured so far; None before there is a pace.
+    eta_seconds: float | None = Field(default=None, ge=0.0)
+
+
 class Heartbeat(AttemptPost):
-    pass
+    # The newest progress the trainer reported, if any since the attempt began.
+    progress: BatchProgress | None = None
 
 
 class HandBack(AttemptPost):

@@ -3,7 +3,8 @@ cancels and shutdowns.
 
 Epoch reports go into an outbox that a sender thread delivers in order, retrying while
 the API is unreachable, so training does not wait on the network; heartbeats renew the
-lease through long epochs and bring back news of a cancel.
+lease through long epochs, carry the newest progress within the epoch and bring back
+news of a cancel.
 """
 
 import logging
@@ -12,6 +13,7 @@ import queue
 import threading
 
 from shared.messages import (
+    BatchProgress,
     CheckpointRecord,
     Claim,
     EpochMetrics,
@@ -41,6 +43,9 @@ class AttemptReporter:
         self.lost = threading.Event()
         self._stop_heartbeat = threading.Event()
         self._heartbeat_seconds = heartbeat_seconds
+        # Written by the training thread, read by the heartbeat: replacing the reference is
+        # atomic and a report is never changed once made, so no lock is needed.
+        self._progress: BatchProgress | None = None
         self._heart = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._outbox: queue.Queue[EpochReport | None] = queue.Queue()
         self._sender = threading.Thread(target=self._send, name="epoch-sender", daemon=True)
@@ -98,7 +103,9 @@ class AttemptReporter:
             try:
                 self._post(
                     "heartbeat",
-                    Heartbeat(attempt=self.attempt, lease_token=self.token),
+                    Heartbeat(
+                        attempt=self.attempt, lease_token=self.token, progress=self._progress
+                    ),
                     retry_seconds=self._heartbeat_seconds,
                 )
             except (ApiUnreachable, ApiRefused) as error:
@@ -141,6 +148,10 @@ class AttemptReporter:
                 attempt=self.attempt, lease_token=self.token, metrics=metrics, checkpoint=checkpoint
             )
         )
+
+    def batch_progress(self, progress: BatchProgress) -> None:
+        # Only the newest counts: the next heartbeat carries it, earlier ones are dropped.
+        self._progress = progress
 
     def flush(self) -> None:
         """Waits until every epoch reported so far was delivered (or given up on)."""

@@ -2,9 +2,10 @@
 
 It knows nothing of Celery or HTTP. After each epoch it writes a checkpoint
 and hands the epoch's metrics and checkpoint to the reporter; between batches
-it asks the reporter whether to stop. Given a checkpoint's state it resumes
-after that epoch exactly as if it had never stopped: the model, optimizer,
-schedule and random number generators all continue from where they were.
+it asks the reporter whether to stop, and now and then tells it how far the
+epoch has come. Given a checkpoint's state it resumes after that epoch exactly
+as if it had never stopped: the model, optimizer, schedule and random number
+generators all continue from where they were.
 """
 
 import logging
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from shared.messages import CheckpointRecord, EpochMetrics
+from shared.messages import BatchProgress, CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
 from worker.training.augment import BatchAugmenter
 from worker.training.checkpoints import Checkpointing
@@ -24,6 +25,7 @@ from worker.training.data import InputTransform, MnistTensors, Split
 from worker.training.device import Hardware
 from worker.training.model import build_for_training
 from worker.training.optimizers import build_optimizer
+from worker.training.progress import EVALUATION_SHARE, ProgressMeter, images_per_epoch
 from worker.training.schedules import LearningRateController, batches_per_epoch
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,11 @@ class Reporter(Protocol):
     def epoch_finished(
         self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None
     ) -> None: ...
+
+    def batch_progress(self, progress: BatchProgress) -> None:
+        """Where the epoch under way is: called when it begins, at most every
+        PROGRESS_INTERVAL seconds while it trains, and after its last batch."""
+        ...
 
 
 class TrainingDiverged(FloatingPointError):
@@ -131,8 +138,8 @@ def _epoch_fits(deadline: float, started: float, batches_done: int, batches: int
     if batches_done == 0:
         return False
     per_batch = (time.perf_counter() - started) / batches_done
-    # Evaluation costs roughly a tenth of an epoch's training on MNIST.
-    return time.monotonic() + per_batch * (batches - batches_done) * 1.1 < deadline
+    left = per_batch * (batches - batches_done) * (1 + EVALUATION_SHARE)
+    return time.monotonic() + left < deadline
 
 
 def train(
@@ -152,6 +159,13 @@ def train(
     transform, model, optimizer = setup.transform, setup.model, setup.optimizer
     loss_fn = setup.loss_fn
     lr_control = LearningRateController(optimizer, spec, len(train_split))
+    progress = ProgressMeter(
+        reporter.batch_progress,
+        [
+            images_per_epoch(len(train_split), spec.batch_size_for_epoch(epoch))
+            for epoch in range(spec.epochs)
+        ],
+    )
 
     first_epoch = 0
     final: EpochMetrics | None = None
@@ -175,6 +189,7 @@ def train(
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         batches = batches_per_epoch(len(train_split), batch_size)
+        progress.start_epoch(epoch, batches)
         for index in range(batches):
             if reporter.should_stop():
                 raise TrainingStopped
@@ -195,6 +210,7 @@ def train(
             loss_sum += loss.detach() * len(batch)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(batch)
+            progress.batch_done(index + 1, seen)
         train_seconds = time.perf_counter() - started
         train_loss = float(loss_sum) / seen
         if not math.isfinite(train_loss):

@@ -14,6 +14,7 @@ from shared.spec import JobSpec
 from worker.training.data import MnistTensors
 from worker.training.device import Hardware
 from worker.training.loop import Reporter, Setup, TrainingHandedBack, TrainingStopped
+from worker.training.progress import ProgressMeter
 
 
 def suggest(points: list[LrRangePoint]) -> tuple[float | None, float | None]:
@@ -47,12 +48,22 @@ def lr_range_test(
     model, optimizer, loss_fn = setup.model, setup.optimizer, setup.loss_fn
     growth = (settings.end_lr / settings.start_lr) ** (1 / (settings.steps - 1))
     batch_size = spec.batch_size_for_epoch(0)
+    # Every batch is full: the order is reshuffled before it would run short.
+    batch_images = min(batch_size, len(train_split))
+    # One "epoch" of `steps` batches, with no evaluation after it.
+    progress = ProgressMeter(
+        reporter.batch_progress,
+        [settings.steps * batch_images],
+        phase="lr_range_test",
+        evaluation_share=0.0,
+    )
 
     points: list[LrRangePoint] = []
     smoothed, best, diverged_at = 0.0, math.inf, None
     order = torch.randperm(len(train_split), generator=shuffler).to(device)
     position = 0
     model.train()
+    progress.start_epoch(0, settings.steps)
     for step in range(settings.steps):
         if reporter.should_stop():
             raise TrainingStopped
@@ -81,6 +92,7 @@ def lr_range_test(
             break
         best = min(best, corrected)
         points.append(LrRangePoint(lr=lr, loss=value, smoothed_loss=corrected))
+        progress.batch_done(step + 1, (step + 1) * batch_images)
     steepest, lowest = suggest(points)
     return LrRangeResult(
         points=points, suggested_lr=steepest, min_loss_lr=lowest, diverged_at_lr=diverged_at

@@ -1,4 +1,5 @@
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -7,7 +8,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from shared.messages import LrRangePoint
+from shared.messages import BatchProgress, LrRangePoint
 from shared.spec import JobSpec
 from tests.mnist_fixtures import write_synthetic_mnist
 from tests.unit.worker.test_training import CPU_FP32, RecordingReporter, small_job
@@ -15,6 +16,7 @@ from worker.training.data import load_mnist
 from worker.training.device import Hardware
 from worker.training.loop import TrainingStopped, train
 from worker.training.lr_range import lr_range_test, suggest
+from worker.training.progress import PROGRESS_INTERVAL
 
 # The synthetic classes are fixed pixel patterns: a linear layer on the pixels learns them.
 SMALL_MODEL = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 10}]}
@@ -38,6 +40,17 @@ class Never:
 
     def epoch_finished(self, metrics, checkpoint) -> None:
         raise AssertionError("an LR range test has no epochs")
+
+    def batch_progress(self, progress: BatchProgress) -> None:
+        pass
+
+
+class Watched(Never):
+    def __init__(self) -> None:
+        self.progress: list[BatchProgress] = []
+
+    def batch_progress(self, progress: BatchProgress) -> None:
+        self.progress.append(progress)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +91,23 @@ class TestLrRangeTest:
         assert result.diverged_at_lr is not None
         assert len(result.points) < 60
         assert result.suggested_lr < result.diverged_at_lr
+
+    def test_it_reports_its_steps_as_the_progress_of_its_phase(self, mnist):
+        watched = Watched()
+        spec = range_job(start_lr=1e-4, end_lr=1e-1, steps=30, divergence_factor=1e6)
+        started = time.perf_counter()
+        lr_range_test(spec, mnist, watched, CPU_FP32)
+        elapsed = time.perf_counter() - started
+        assert {(p.phase, p.epoch, p.batches) for p in watched.progress} == {
+            ("lr_range_test", 0, 30)
+        }
+        completed = [p.batches_completed for p in watched.progress]
+        assert completed[0] == 0 and completed[-1] == 30
+        assert completed == sorted(completed)
+        # When the sweep begins, after its last step, and at most once an interval between.
+        assert len(completed) <= 2 + elapsed / PROGRESS_INTERVAL
+        last = watched.progress[-1]
+        assert last.images_per_second > 0 and last.eta_seconds == 0.0
 
     def test_it_stops_when_asked(self, mnist):
         class Cancelled(Never):

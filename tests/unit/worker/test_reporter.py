@@ -1,11 +1,20 @@
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from shared.messages import Claim, EpochMetrics, JobError, JobResult, LrRangeResult
+from shared.messages import (
+    BatchProgress,
+    Claim,
+    EpochMetrics,
+    JobError,
+    JobResult,
+    LrRangeResult,
+)
 from shared.spec import JobSpec
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 from worker.reporter import AttemptReporter
@@ -150,6 +159,25 @@ def reporter_for(api: FakeApi, heartbeat_seconds: float = 60) -> AttemptReporter
     return AttemptReporter(api.client(), claim(), heartbeat_seconds)
 
 
+def progress(batches_completed: int) -> BatchProgress:
+    return BatchProgress(
+        epoch=3, batches_completed=batches_completed, batches=50, images_per_second=900.0
+    )
+
+
+def first_heartbeat(api: FakeApi, matching: Callable[[dict], bool] = lambda _: True) -> dict:
+    """The body of the first heartbeat `matching` holds for, once it has arrived."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for request in list(api.requests):
+            if request.url.path.endswith("/heartbeat"):
+                body = json.loads(request.content)
+                if matching(body):
+                    return body
+        time.sleep(0.01)
+    raise AssertionError("no such heartbeat arrived")
+
+
 class TestAttemptReporter:
     def test_posts_each_epoch_with_its_attempt_and_token(self):
         api = FakeApi()
@@ -222,6 +250,31 @@ class TestAttemptReporter:
         with AttemptReporter(client, claim(), heartbeat_seconds=0.05) as reporter:
             assert cancelled.wait(5)
             assert reporter.cancelled.wait(5)
+
+    def test_a_heartbeat_carries_the_newest_progress(self):
+        api = FakeApi()
+        reporter = reporter_for(api, heartbeat_seconds=0.02)
+        # Reported before the heart starts beating, so the first beat sees both.
+        reporter.batch_progress(progress(10))
+        reporter.batch_progress(progress(20))
+        with reporter:
+            body = first_heartbeat(api)
+        assert body["progress"] == progress(20).model_dump(mode="json")
+        assert (body["attempt"], body["lease_token"]) == (2, "t" * 32)
+
+    def test_a_heartbeat_before_any_progress_carries_none(self):
+        api = FakeApi()
+        with reporter_for(api, heartbeat_seconds=0.02):
+            body = first_heartbeat(api)
+        assert body["progress"] is None
+
+    def test_progress_reported_between_beats_goes_with_the_next(self):
+        api = FakeApi()
+        with reporter_for(api, heartbeat_seconds=0.02) as reporter:
+            first_heartbeat(api)
+            reporter.batch_progress(progress(30))
+            body = first_heartbeat(api, lambda body: body["progress"] is not None)
+        assert body["progress"]["batches_completed"] == 30
 
     def test_an_orphaned_training_process_stops(self):
         api = FakeApi()

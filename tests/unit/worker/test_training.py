@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.optim import SGD, Optimizer, lr_scheduler
 
-from shared.messages import CheckpointRecord, EpochMetrics
+from shared.messages import BatchProgress, CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
 from tests.mnist_fixtures import write_synthetic_mnist
 from worker.training.checkpoints import Checkpointing
@@ -61,6 +61,7 @@ class RecordingReporter:
     stop_questions: int = 0
     rows: list[EpochMetrics] = field(default_factory=list)
     checkpoints: list[CheckpointRecord | None] = field(default_factory=list)
+    progress: list[BatchProgress] = field(default_factory=list)
 
     def should_stop(self) -> bool:
         self.stop_questions += 1
@@ -72,6 +73,9 @@ class RecordingReporter:
     def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
         self.rows.append(metrics)
         self.checkpoints.append(checkpoint)
+
+    def batch_progress(self, progress: BatchProgress) -> None:
+        self.progress.append(progress)
 
 
 @pytest.fixture(autouse=True)
