@@ -1,10 +1,11 @@
 """Dependencies shared by the routes, as annotated aliases."""
 
 import hmac
-from collections.abc import Iterator
-from typing import Annotated, NoReturn
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any, NoReturn
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -16,11 +17,6 @@ from api.rate_limit import Credential, RateLimiter
 from shared.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="A tenant API key: `tunelab keys create`")
-worker_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="WorkerToken",
-    description="The workers' shared token (TUNELAB_WORKER_TOKEN)",
-)
 
 
 def get_settings(request: Request) -> Settings:
@@ -66,7 +62,6 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 AddressDep = Annotated[str, Depends(client_address)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-WorkerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(worker_bearer)]
 
 # An address past its limit of failed authentications is refused outright, before its
 # credentials are looked at: a flood of bad keys then costs no database query, and a key
@@ -119,20 +114,31 @@ def tenant_study(study_id: str, session: SessionDep, tenant: TenantDep) -> Study
 StudyDep = Annotated[Study, Depends(tenant_study)]
 
 
-def require_worker(
-    settings: SettingsDep,
-    limiter: RateLimiterDep,
-    address: AddressDep,
-    credentials: WorkerCredentials,
-) -> None:
+def require_worker(request: Request) -> None:
+    """Refuses a request without the workers' shared token (TUNELAB_WORKER_TOKEN). Called by
+    WorkerRoute before anything else, so that no body is read for an unauthenticated caller."""
+    settings = get_settings(request)
+    limiter = get_rate_limiter(request)
+    address = client_address(request)
     limiter.refuse_failing_address("worker-token", address)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     expected = settings.worker_token
     if (
         not expected
-        or credentials is None
-        or not hmac.compare_digest(credentials.credentials.encode(), expected.encode())
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(token.strip().encode(), expected.encode())
     ):
         _refuse(limiter, "worker-token", address, "worker routes need the worker token")
 
 
-WorkerDep = Depends(require_worker)
+class WorkerRoute(APIRoute):
+    """A worker route: the token is checked before the body is read or validated."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            require_worker(request)
+            return await handle(request)
+
+        return authenticated

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.errors import TunelabError
 from shared.checks import Problem, SpecRejected
@@ -97,6 +98,23 @@ def spec_problems(problems: list[Problem]) -> list[dict[str, str]]:
     return [_problem_entry(p.location, p.message, p.code) for p in problems]
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Starlette's own 405 names only the first
+    route whose path matched (`POST` for /v1/jobs, though GET is served there too)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TunelabError)
     async def _domain(_request: Request, error: TunelabError) -> JSONResponse:
@@ -126,16 +144,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return validation_problem(entries)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(
             error.status_code, "Error"
         )
+        headers = dict(getattr(error, "headers", None) or {})
+        if error.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
         return problem(
             error.status_code,
             title.lower().replace(" ", "-"),
             title,
             str(error.detail),
-            getattr(error, "headers", None),
+            headers or None,
         )
 
     @app.exception_handler(Exception)

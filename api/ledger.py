@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from api.dispatch import Dispatcher
@@ -20,9 +20,11 @@ from api.errors import (
     IdempotencyConflict,
     JobNotCancellable,
     JobNotClaimable,
+    JobNotDeletable,
     StaleAttempt,
     TooManyJobs,
 )
+from api.live_progress import LiveProgress
 from api.models import (
     AttemptOutcome,
     AttemptRow,
@@ -30,12 +32,19 @@ from api.models import (
     EpochMetricRow,
     Job,
     JobStatus,
+    JobTag,
     Study,
     Tenant,
     utcnow,
 )
 from shared.analysis import Analysis
-from shared.messages import AttemptPost, CheckpointRecord, EpochMetrics, FinishReport
+from shared.messages import (
+    AttemptPost,
+    BatchProgress,
+    CheckpointRecord,
+    EpochMetrics,
+    FinishReport,
+)
 from shared.spec import JobSpec
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
@@ -96,10 +105,16 @@ def reserve_job_slot(session: Session, tenant_id: str, max_active_jobs: int) -> 
         )
 
 
-def new_job(
-    tenant_id: str, spec: JobSpec, analysis: Analysis, name: str | None = None, **fields: Any
+def add_job(
+    session: Session,
+    tenant_id: str,
+    spec: JobSpec,
+    analysis: Analysis,
+    name: str | None = None,
+    **fields: Any,
 ) -> Job:
-    return Job(
+    """Adds a new queued job and its tag rows to the session; the caller commits."""
+    job = Job(
         tenant_id=tenant_id,
         name=name or spec.name,
         spec=spec.model_dump(mode="json"),
@@ -107,6 +122,9 @@ def new_job(
         epochs=spec.epochs,
         **fields,
     )
+    session.add(job)
+    session.add_all(JobTag(job_id=job.id, tag=tag) for tag in spec.tags)
+    return job
 
 
 def create_job(
@@ -133,10 +151,9 @@ def create_job(
             session.commit()
             return replayed, False
     reserve_job_slot(session, tenant_id, max_active_jobs)
-    job = new_job(
-        tenant_id, spec, analysis, idempotency_key=idempotency_key, request_hash=body_hash
+    job = add_job(
+        session, tenant_id, spec, analysis, idempotency_key=idempotency_key, request_hash=body_hash
     )
-    session.add(job)
     session.commit()
     return job, True
 
@@ -214,6 +231,7 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(col(Job.started_at), now),
+            live_progress=None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -281,6 +299,40 @@ def prune_job(session: Session, job: Job, attempt: int, reason: str) -> None:
 
 def renew_lease(job: Job, lease_seconds: float) -> None:
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+
+
+def record_progress(job: Job, progress: BatchProgress) -> None:
+    """Keeps a heartbeat's progress within the epoch; the caller commits."""
+    job.live_progress = LiveProgress.stored(progress)
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Removes an ended job and every row of it, in one transaction. A queued or running job
+    is refused, and so is a study's trial: its study's record needs it."""
+    if job.study_id is not None:
+        raise JobNotDeletable(f"job {job.id} is trial {job.trial} of study {job.study_id}")
+    # Compare-and-set: locks the row, and only while the job has ended.
+    ended = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.status).not_in(ACTIVE_STATUSES))
+        .values(status=col(Job.status))
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount == 0:  # type: ignore[attr-defined]
+        session.rollback()
+        raise JobNotDeletable(
+            f"job {job.id} is {job.status}; cancel it first, or wait until it ends"
+        )
+    for table in (JobTag, EpochMetricRow, CheckpointRow, AttemptRow):
+        session.execute(
+            delete(table)
+            .where(col(table.job_id) == job.id)
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(
+        delete(Job).where(col(Job.id) == job.id).execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def record_epoch(

@@ -11,13 +11,19 @@ from sqlalchemy import Engine
 
 from api.db import make_engine
 from api.dispatch import CeleryDispatcher, Dispatcher
+from api.docs_pages import install_docs
 from api.error_handlers import install_error_handlers
+from api.job_events import StatusEvent
 from api.limits import BodySizeLimit, NulInUrl
-from api.problem_docs import document_problems, problem_responses
+from api.problem_docs import document_problems
 from api.rate_limit import RateLimiter, make_rate_limiter
 from api.routes import architectures, health, internal, jobs, studies
 from api.scheduler import StudyScheduler
+from api.schema_limits import document_limits
+from api.sse import document_event_data
+from api.study_events import StudyStatusEvent
 from api.sweeper import Sweeper
+from shared.messages import BatchProgress
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = """Hyperparameter experiments on MNIST CNNs as training jobs.
@@ -52,7 +58,12 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
-        title="Tunelab", version=version("tunelab"), description=DESCRIPTION, lifespan=_lifespan
+        title="Tunelab",
+        version=version("tunelab"),
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
@@ -63,10 +74,11 @@ def create_app(
     install_error_handlers(app)
     for module in (jobs, studies, architectures, health):
         app.include_router(module.router)
-    # Every worker post may find that its attempt no longer holds the job, and an address
-    # past its limit of failed worker authentications is refused.
-    app.include_router(internal.router, responses=problem_responses(409, 429))
+    # Not in /openapi.json: workers are Tunelab's own, and a client generated from the public
+    # document has no use for them (api.worker_document documents them).
+    app.include_router(internal.router, include_in_schema=False)
     _document_problems(app)
+    install_docs(app)
     logging.getLogger(__name__).info("Tunelab API ready")
     return app
 
@@ -76,7 +88,9 @@ def _document_problems(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_problems(generate())
+            document = document_limits(document_problems(generate()), app.state.settings)
+            document_event_data(document, [StatusEvent, BatchProgress, StudyStatusEvent])
+            app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -110,6 +110,20 @@ class Job(SQLModel, table=True):
     trial: int | None = None
     # Why a pruned job stopped, in words.
     pruned_reason: str | None = Field(default=None, max_length=500)
+    # Where the running attempt is within its epoch, as its last heartbeat said (a
+    # BatchProgress, plus `reported_at`); None before the first beat.
+    live_progress: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+
+
+class JobTag(SQLModel, table=True):
+    """One of a job's tags, a row each so that `?tag=` is an indexed lookup. The spec keeps
+    them too; these rows only serve the search."""
+
+    __tablename__ = "job_tags"
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True, max_length=40)
+    tag: str = Field(primary_key=True, index=True, max_length=64)
 
 
 class AttemptOutcome(StrEnum):

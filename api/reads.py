@@ -5,14 +5,19 @@ query for the jobs and one each for their latest metrics, checkpoints and attemp
 many jobs the page holds.
 """
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import TypeVar
 
-from sqlalchemy import func
+from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
-from api.models import AttemptRow, CheckpointRow, EpochMetricRow, Job, JobStatus, Study
+from api.errors import BadCursor
+from api.models import AttemptRow, CheckpointRow, EpochMetricRow, Job, JobStatus, JobTag, Study
 from api.schemas import JobList, JobPublic
 
 Row = TypeVar("Row", CheckpointRow, AttemptRow)
@@ -70,15 +75,81 @@ def newest_first(
     return rows[:limit], next_cursor
 
 
+class JobOrder(StrEnum):
+    created_at = "created_at"  # newest first
+    test_accuracy = "test_accuracy"  # best first; jobs without an epoch yet last
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: JobStatus | None = None
+    tag: str | None = None
+    name: str | None = None
+
+
 def jobs_page(
     session: Session,
     tenant_id: str,
     limit: int,
     cursor: str | None = None,
-    status: JobStatus | None = None,
+    where: JobFilter | None = None,
+    order: JobOrder = JobOrder.created_at,
 ) -> JobList:
-    jobs, next_cursor = newest_first(session, Job, tenant_id, limit, cursor, status)
-    return JobList(items=job_views(session, jobs), next_cursor=next_cursor)
+    """A page of the tenant's jobs that match `where`, in `order`, and the next page's cursor."""
+    where = where or JobFilter()
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if where.status is not None:
+        query = query.where(Job.status == where.status)
+    if where.name is not None:
+        query = query.where(Job.name == where.name)
+    if where.tag is not None:
+        query = query.where(col(Job.id).in_(select(JobTag.job_id).where(JobTag.tag == where.tag)))
+    if order is JobOrder.test_accuracy:
+        jobs, next_cursor = _best_first(session, query, limit, cursor)
+    else:
+        if cursor:
+            query = query.where(col(Job.id) < cursor)
+        jobs = list(session.exec(query.order_by(col(Job.id).desc()).limit(limit + 1)))
+        next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    return JobList(items=job_views(session, jobs[:limit]), next_cursor=next_cursor)
+
+
+def _best_first(
+    session: Session, query: SelectOfScalar[Job], limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """Keyset paging by (best test accuracy, id), both descending, jobs with no accuracy
+    last. The cursor is the last row's key, `<accuracy>~<id>` or `-~<id>`."""
+    accuracy, unscored = col(Job.best_test_accuracy), col(Job.best_test_accuracy).is_(None)
+    if cursor:
+        after_accuracy, _, after_id = cursor.partition("~")
+        if after_accuracy == "-":
+            query = query.where(unscored, col(Job.id) < after_id)
+        else:
+            value = _cursor_accuracy(after_accuracy)
+            query = query.where(
+                or_(
+                    accuracy < value,
+                    and_(accuracy == value, col(Job.id) < after_id),
+                    unscored,
+                )
+            )
+    ordered = query.order_by(unscored, accuracy.desc(), col(Job.id).desc())
+    jobs = list(session.exec(ordered.limit(limit + 1)))
+    if len(jobs) <= limit:
+        return jobs, None
+    last = jobs[limit - 1]
+    key = "-" if last.best_test_accuracy is None else repr(last.best_test_accuracy)
+    return jobs, f"{key}~{last.id}"
+
+
+def _cursor_accuracy(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadCursor("this cursor did not come from a page of jobs in this order") from None
+    if not math.isfinite(value):
+        raise BadCursor("this cursor did not come from a page of jobs in this order")
+    return value
 
 
 def metrics_after(session: Session, job_id: str, since_epoch: int | None) -> list[EpochMetricRow]:

@@ -1,10 +1,10 @@
 """Response models: what clients see, never the tables themselves."""
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
 
+from api.live_progress import LiveProgress
 from api.models import (
     AttemptOutcome,
     AttemptRow,
@@ -15,11 +15,36 @@ from api.models import (
     as_utc,
 )
 from shared.messages import EpochMetrics, JobError, JobResult
+from shared.spec import JobSpec
 
 
 class Progress(BaseModel):
     epochs_completed: int
     epochs: int
+    batches_completed: int | None = Field(
+        default=None, description="Batches done in the epoch under way; null when not running"
+    )
+    batches: int | None = Field(default=None, description="Batches in the epoch under way")
+    images_per_second: float | None = Field(
+        default=None, description="Training pace in the epoch under way"
+    )
+    eta_seconds: float | None = Field(
+        default=None, description="Until the whole job ends, at the pace measured so far"
+    )
+
+    @classmethod
+    def of(cls, job: Job) -> "Progress":
+        live = LiveProgress.of(job)
+        if live is None:
+            return cls(epochs_completed=job.epochs_completed, epochs=job.epochs)
+        return cls(
+            epochs_completed=job.epochs_completed,
+            epochs=job.epochs,
+            batches_completed=live.batches_completed,
+            batches=live.batches,
+            images_per_second=live.images_per_second,
+            eta_seconds=live.eta_now(),
+        )
 
 
 class Summary(BaseModel):
@@ -41,10 +66,12 @@ class CheckpointPublic(BaseModel):
     sha256: str
     bytes: int
     created_at: datetime
+    url: str = Field(description="Where to download it, relative to the API's base URL")
 
     @classmethod
     def from_row(cls, row: CheckpointRow) -> "CheckpointPublic":
         return cls(
+            url=f"/v1/jobs/{row.job_id}/checkpoints/{row.name}",
             name=row.name,
             path=row.path,
             epoch=row.epoch,
@@ -83,7 +110,8 @@ class JobPublic(BaseModel):
     id: str
     name: str | None
     status: JobStatus
-    spec: dict[str, Any]
+    tags: list[str]
+    spec: JobSpec = Field(description="The spec as stored: defaults filled in, preset resolved")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -122,14 +150,15 @@ class JobPublic(BaseModel):
             id=job.id,
             name=job.name,
             status=JobStatus(job.status),
-            spec=job.spec,
+            tags=job.spec.get("tags", []),
+            spec=JobSpec.model_validate(job.spec),
             created_at=as_utc(job.created_at),
             started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at),
             attempts=job.attempts,
             attempt_history=[AttemptPublic.from_row(row) for row in attempts],
             worker=job.worker,
-            progress=Progress(epochs_completed=job.epochs_completed, epochs=job.epochs),
+            progress=Progress.of(job),
             analysis=Summary(**{k: job.analysis[k] for k in Summary.model_fields}),
             latest_metrics=metrics_of(latest) if latest is not None else None,
             best=best,

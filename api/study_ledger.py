@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from api.errors import JobNotCancellable, StudyNotCancellable
-from api.ledger import cancel_job, find_replay, lock_tenant, new_job, reserve_job_slot
+from api.ledger import add_job, cancel_job, find_replay, lock_tenant, reserve_job_slot
 from api.models import Job, Study, StudyStatus, TrialRow, utcnow
 from api.study_reads import active_trial_jobs
 from shared.analysis import Analysis
@@ -64,7 +64,8 @@ def add_trial_job(
     slot; returns None when the study ended or another scheduler stored this number first."""
     lock_tenant(session, study.tenant_id)
     reserve_job_slot(session, study.tenant_id, max_active_jobs)
-    job = new_job(
+    job = add_job(
+        session,
         study.tenant_id,
         spec,
         analysis,
@@ -72,7 +73,6 @@ def add_trial_job(
         study_id=study.id,
         trial=number,
     )
-    session.add(job)
     session.flush()
     trial = TrialRow(
         study_id=study.id,

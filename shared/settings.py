@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # broker lost the message (a Redis restart without persistence); the wait doubles each
     # time, so a job that is only waiting for a free worker is not sent over and over.
     redispatch_seconds: float = Field(default=300.0, gt=0)
+    # An event stream with nothing to say sends a comment this often, so that proxies and
+    # clients that time out idle connections keep it open.
+    events_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
     # Threads for the trainer; 0 means one per available core.
     torch_threads: int = Field(default=0, ge=0)
 

@@ -7,7 +7,7 @@ for it in the worker, nothing else.
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.layers import Layer, Probability
 from shared.strict import PRINTABLE, StrictModel
@@ -43,6 +43,11 @@ class DataSpec(StrictModel):
     train_subset: int | None = Field(default=None, ge=1, le=MNIST_TRAIN_IMAGES)
     test_subset: int | None = Field(default=None, ge=1, le=MNIST_TEST_IMAGES)
 
+
+# A label to find jobs by (`GET /v1/jobs?tag=`): short, no spaces, no punctuation that
+# would need quoting in a URL or a shell.
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+MAX_TAGS = 16
 
 LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
 WeightDecay = Annotated[float, Field(default=0.0, ge=0.0, le=1.0)]
@@ -218,6 +223,7 @@ class LrRangeTestSpec(StrictModel):
 
 class JobSpec(StrictModel):
     name: str | None = Field(default=None, max_length=200, pattern=PRINTABLE)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     # "lr_range_test" trains no epochs: it sweeps the lr and suggests one (see `lr_range_test`).
     kind: Literal["train", "lr_range_test"] = "train"
     lr_range_test: LrRangeTestSpec = Field(default_factory=LrRangeTestSpec)
@@ -232,6 +238,14 @@ class JobSpec(StrictModel):
     epochs: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("tags")
+    @classmethod
+    def _distinct_tags(cls, tags: list[str]) -> list[str]:
+        # Stored as a set (one row per tag); a repeat would only be dropped silently.
+        if len(set(tags)) != len(tags):
+            raise ValueError("tags must not repeat")
+        return tags
 
     def batch_size_for_epoch(self, epoch: int) -> int:
         if self.batch_size_schedule is None:

@@ -1,14 +1,13 @@
 """Explaining a model before any training: the analysis and the presets."""
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import SettingsDep, TenantDep
+from shared.analysis import Analysis
 from shared.checks import Problem, SpecRejected, check_model, resolve_model
 from shared.presets import PRESETS
-from shared.spec import ModelSpec
+from shared.spec import JobSpec, ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["architectures"])
 
@@ -16,23 +15,21 @@ router = APIRouter(prefix="/v1", tags=["architectures"])
 class PresetPublic(BaseModel):
     name: str
     description: str
-    model: dict[str, Any]
-    analysis: dict[str, Any]
-    job: dict[str, Any] = Field(description="A job body that trains this preset well")
+    model: ModelSpec = Field(description="The preset's layers")
+    analysis: Analysis
+    job: JobSpec = Field(description="A job body that trains this preset well")
 
 
 class PresetList(BaseModel):
     items: list[PresetPublic]
 
 
-@router.post("/architectures/analyze")
-def analyze_architecture(
-    model: ModelSpec, settings: SettingsDep, _tenant: TenantDep
-) -> dict[str, Any]:
+@router.post("/architectures/analyze", operation_id="analyze_architecture", response_model=Analysis)
+def analyze_architecture(model: ModelSpec, settings: SettingsDep, _tenant: TenantDep) -> Analysis:
     """Per-layer output shape, receptive field, parameters and multiply-adds, without training."""
     try:
         resolved = resolve_model(model)
-        return check_model(resolved.layers or [], settings).to_dict()
+        return check_model(resolved.layers or [], settings)
     except SpecRejected as rejected:
         # The body here is the model itself, so paths start at its `layers`.
         raise SpecRejected(
@@ -40,7 +37,7 @@ def analyze_architecture(
         ) from rejected
 
 
-@router.get("/presets", response_model=PresetList)
+@router.get("/presets", operation_id="list_presets", response_model=PresetList)
 def list_presets(settings: SettingsDep, _tenant: TenantDep) -> PresetList:
     """Named models to start from, each with its analysis."""
     items = []
@@ -50,9 +47,9 @@ def list_presets(settings: SettingsDep, _tenant: TenantDep) -> PresetList:
             PresetPublic(
                 name=preset.name,
                 description=preset.description,
-                model=model.model_dump(mode="json"),
-                job=preset.job(),
-                analysis=check_model(list(preset.layers), settings).to_dict(),
+                model=model,
+                job=JobSpec.model_validate(preset.job()),
+                analysis=check_model(list(preset.layers), settings),
             )
         )
     return PresetList(items=items)

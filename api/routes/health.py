@@ -10,13 +10,15 @@ from api.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", operation_id="healthz", response_model=Health)
 def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.get(
+    "/readyz", operation_id="readyz", response_model=Health, responses={503: {"model": Health}}
+)
 def readyz(session: SessionDep, dispatcher: DispatcherDep) -> Health | JSONResponse:
     """Ready to take jobs: the database and the broker both answer."""
     checks: dict[str, str] = {}

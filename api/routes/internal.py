@@ -6,17 +6,19 @@ the job was cancelled. A repeated post (after a timeout) changes nothing.
 
 from fastapi import APIRouter, Request
 
-from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerDep, wake_scheduler
+from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerRoute, wake_scheduler
 from api.ledger import (
     claim_job,
     dispatch,
     finish_job,
     holding_attempt,
     record_epoch,
+    record_progress,
     release_job,
     renew_lease,
 )
 from api.models import Job, JobStatus
+from api.problem_docs import problem_responses
 from api.reads import checkpoints_of
 from api.trial_pruning import prune_after_epoch
 from shared.messages import (
@@ -31,7 +33,15 @@ from shared.messages import (
 )
 from shared.spec import JobSpec
 
-router = APIRouter(prefix="/internal/v1/jobs", tags=["internal"], dependencies=[WorkerDep])
+# Every worker post may find that its attempt no longer holds the job, and an address past
+# its limit of failed worker authentications is refused. The routes are documented on their
+# own (api.worker_document), not in the public document.
+router = APIRouter(
+    prefix="/internal/v1/jobs",
+    tags=["internal"],
+    route_class=WorkerRoute,
+    responses=problem_responses(409, 429),
+)
 
 CANCELLED = AttemptAnswer(cancelled=True)
 PRUNED = AttemptAnswer(cancelled=False, pruned=True)
@@ -102,6 +112,8 @@ def heartbeat(
     if (stop := _stop_answer(job)) is not None:
         return stop
     renew_lease(job, settings.lease_seconds)
+    if beat.progress is not None:
+        record_progress(job, beat.progress)
     session.add(job)
     session.commit()
     return CARRY_ON

@@ -1,26 +1,23 @@
 """The tenant-facing job routes of API v1."""
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import Engine
-from sqlmodel import Session
 
+from api.artifacts import remove_job_artifacts
 from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
 from api.errors import CheckpointNotFound
-from api.ledger import cancel_job, create_job, dispatch, request_hash
+from api.job_events import EVENT_DATA, JobStream, events_description, job_events_since
+from api.ledger import cancel_job, create_job, delete_job, dispatch, request_hash
 from api.models import JobStatus
 from api.problem_docs import problem_responses
 from api.reads import (
+    JobFilter,
+    JobOrder,
     checkpoint_named,
     checkpoints_of,
-    job_status,
     job_view,
     jobs_page,
     metrics_after,
@@ -33,17 +30,19 @@ from api.schemas import (
     MetricsPage,
     metrics_of,
 )
+from api.sse import event_stream_response, polled_stream
 from shared.checks import admit
 from shared.messages import MAX_INT32
-from shared.spec import JobSpec
+from shared.spec import JobSpec, Tag
+from shared.strict import PRINTABLE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-EVENT_POLL_SECONDS = 1.0
+BINARY = {"type": "string", "format": "binary"}
 
 
 @router.post(
     "",
+    operation_id="submit_job",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
     responses={
@@ -84,25 +83,35 @@ def submit_job(
     return JobPublic.build(job, None, [], [])
 
 
-@router.get("", response_model=JobList)
+@router.get("", operation_id="list_jobs", response_model=JobList)
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="`next_cursor` of the page before")
+    ] = None,
     status: Annotated[JobStatus | None, Query()] = None,
+    tag: Annotated[Tag | None, Query(description="Only jobs with this tag")] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, pattern=PRINTABLE, description="Only jobs of this name")
+    ] = None,
+    order: Annotated[
+        JobOrder, Query(description="Newest first, or best test accuracy first")
+    ] = JobOrder.created_at,
 ) -> JobList:
-    """The tenant's jobs, newest first."""
-    return jobs_page(session, tenant.id, limit, cursor, status)
+    """The tenant's jobs, newest first (or best first), filtered by status, tag and name."""
+    where = JobFilter(status=status, tag=tag, name=name)
+    return jobs_page(session, tenant.id, limit, cursor, where, order)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", operation_id="get_job", response_model=JobPublic)
 def get_job(job: JobDep, session: SessionDep) -> JobPublic:
     """One job: status, progress, latest metrics, best epoch, checkpoints."""
     return job_view(session, job)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPage)
+@router.get("/{job_id}/metrics", operation_id="job_metrics", response_model=MetricsPage)
 def get_metrics(
     job: JobDep,
     session: SessionDep,
@@ -118,54 +127,60 @@ def get_metrics(
     )
 
 
-def _events_since(engine: Engine, job_id: str, last_epoch: int) -> tuple[list[str], int, bool]:
-    """The SSE frames for epochs after `last_epoch`, the newest epoch, and whether it ended."""
-    with Session(engine) as session:
-        # The status first: a job that ended after this read still sends its last epochs.
-        state = job_status(session, job_id)
-        frames = []
-        for row in metrics_after(session, job_id, last_epoch):
-            last_epoch = row.epoch
-            frames.append(f"event: metrics\ndata: {metrics_of(row).model_dump_json()}\n\n")
-        ended = state is None or state.finished
-        if ended:
-            end = {"status": str(state) if state else "unknown"}
-            frames.append(f"event: status\ndata: {json.dumps(end)}\n\n")
-    return frames, last_epoch, ended
-
-
 @router.get(
     "/{job_id}/events",
+    operation_id="job_events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=event_stream_response(events_description(), EVENT_DATA),
 )
-async def stream_events(job: JobDep, request: Request) -> StreamingResponse:
-    """Server-Sent Events: a `metrics` event per epoch, then a `status` event at the end."""
-    engine = request.app.state.engine
-    job_id = job.id
-
-    async def events() -> AsyncIterator[str]:
-        last_epoch, ended = -1, False
-        while not ended and not await request.is_disconnected():
-            # The database calls are blocking: keep them off the event loop.
-            frames, last_epoch, ended = await run_in_threadpool(
-                _events_since, engine, job_id, last_epoch
-            )
-            for frame in frames:
-                yield frame
-            if not ended:
-                await asyncio.sleep(EVENT_POLL_SECONDS)
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+async def stream_events(
+    job: JobDep,
+    request: Request,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: the job's status, progress within the epoch and each epoch's
+    metrics, until it ends."""
+    engine, job_id = request.app.state.engine, job.id
+    stream = JobStream.resuming(last_event_id)
+    events = polled_stream(
+        request,
+        lambda: job_events_since(engine, job_id, stream),
+        settings.events_keepalive_seconds,
+    )
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses=problem_responses(409))
+@router.post(
+    "/{job_id}/cancel",
+    operation_id="cancel_job",
+    response_model=JobPublic,
+    responses=problem_responses(409),
+)
 def cancel(job: JobDep, session: SessionDep) -> JobPublic:
     """Cancel a queued or running job; a running one stops at its next batch."""
     return job_view(session, cancel_job(session, job))
 
 
-@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+@router.delete(
+    "/{job_id}",
+    operation_id="delete_job",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(409),
+)
+def delete(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete an ended job: its metrics, attempts and checkpoint files. A queued or running
+    job is refused (409): cancel it first."""
+    job_id = job.id
+    delete_job(session, job)
+    # The rows are gone first: a file left behind by a failed removal is only disk space,
+    # while a row without its file would be a checkpoint that cannot be downloaded.
+    remove_job_artifacts(settings.artifact_dir, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{job_id}/checkpoints", operation_id="list_checkpoints", response_model=CheckpointList)
 def list_checkpoints(job: JobDep, session: SessionDep) -> CheckpointList:
     """The job's checkpoints, with their SHA-256 and size."""
     return CheckpointList(
@@ -175,8 +190,23 @@ def list_checkpoints(job: JobDep, session: SessionDep) -> CheckpointList:
 
 @router.get(
     "/{job_id}/checkpoints/{name}",
+    operation_id="download_checkpoint",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {
+            "description": "The checkpoint file (a PyTorch state dict, torch.load-able)",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+            "headers": {
+                "X-Checkpoint-SHA256": {
+                    "description": "The file's SHA-256, hex: check the download against it",
+                    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "required": True,
+                }
+            },
+        }
+    },
 )
 def download_checkpoint(
     name: str, job: JobDep, session: SessionDep, settings: SettingsDep

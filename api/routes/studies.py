@@ -1,18 +1,16 @@
 """The study routes of API v1: hyperparameter searches whose trials are jobs."""
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, SettingsDep, StudyDep, TenantDep, wake_scheduler
 from api.ledger import request_hash
 from api.models import StudyStatus
 from api.problem_docs import problem_responses
-from api.study_events import StreamState, study_events_since
+from api.sse import event_stream_response, polled_stream
+from api.study_events import EVENT_DATA, StreamState, study_events_description, study_events_since
 from api.study_ledger import cancel_study, create_study
 from api.study_reads import leaderboard, studies_page, study_trials, study_view
 from api.study_schemas import StudyList, StudyPublic, TrialList
@@ -21,11 +19,10 @@ from shared.study_spec import StudySpec
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
-EVENT_POLL_SECONDS = 1.0
-
 
 @router.post(
     "",
+    operation_id="submit_study",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyPublic,
     responses={
@@ -53,7 +50,7 @@ def submit_study(
     return study_view(session, study)
 
 
-@router.get("", response_model=StudyList)
+@router.get("", operation_id="list_studies", response_model=StudyList)
 def list_studies(
     session: SessionDep,
     tenant: TenantDep,
@@ -65,13 +62,13 @@ def list_studies(
     return studies_page(session, tenant.id, limit, cursor, status)
 
 
-@router.get("/{study_id}", response_model=StudyPublic)
+@router.get("/{study_id}", operation_id="get_study", response_model=StudyPublic)
 def get_study(study: StudyDep, session: SessionDep) -> StudyPublic:
     """One study: its trials counted by state, the best trial, importances, confirmations."""
     return study_view(session, study)
 
 
-@router.get("/{study_id}/trials", response_model=TrialList)
+@router.get("/{study_id}/trials", operation_id="list_trials", response_model=TrialList)
 def list_trials(
     study: StudyDep,
     session: SessionDep,
@@ -84,28 +81,30 @@ def list_trials(
 
 @router.get(
     "/{study_id}/events",
+    operation_id="study_events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=event_stream_response(study_events_description(), EVENT_DATA),
 )
-async def stream_study_events(study: StudyDep, request: Request) -> StreamingResponse:
-    """Server-Sent Events: `trial_queued`, `trial_started`, `epoch`, `trial_pruned`,
-    `trial_finished` (each with the trial's leaderboard row), then `status` at the end."""
-    engine = request.app.state.engine
-    study_id = study.id
-
-    async def events() -> AsyncIterator[str]:
-        sent, ended = StreamState(), False
-        while not ended and not await request.is_disconnected():
-            frames, ended = await run_in_threadpool(study_events_since, engine, study_id, sent)
-            for frame in frames:
-                yield frame
-            if not ended:
-                await asyncio.sleep(EVENT_POLL_SECONDS)
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+async def stream_study_events(
+    study: StudyDep, request: Request, settings: SettingsDep
+) -> StreamingResponse:
+    """Server-Sent Events: each trial queued, started, its epochs, pruned or finished, then
+    the study's end."""
+    engine, study_id, sent = request.app.state.engine, study.id, StreamState()
+    events = polled_stream(
+        request,
+        lambda: study_events_since(engine, study_id, sent),
+        settings.events_keepalive_seconds,
+    )
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
-@router.post("/{study_id}/cancel", response_model=StudyPublic, responses=problem_responses(409))
+@router.post(
+    "/{study_id}/cancel",
+    operation_id="cancel_study",
+    response_model=StudyPublic,
+    responses=problem_responses(409),
+)
 def cancel(study: StudyDep, session: SessionDep) -> StudyPublic:
     """Cancel every queued and running trial; no new trial starts."""
     return study_view(session, cancel_study(session, study))

@@ -5,6 +5,7 @@ import hashlib
 import httpx
 import pytest
 
+from cli.client import parse_events
 from tests.integration.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,9 @@ class TestJobFlow:
             job = poll_until_finished(client, created.json()["id"])
             assert job["status"] == "succeeded", stack.logs()
             assert job["attempts"] == 1
-            assert job["progress"] == {"epochs_completed": 2, "epochs": 2}
+            assert job["progress"]["epochs_completed"] == job["progress"]["epochs"] == 2
+            # An ended job has no epoch under way.
+            assert job["progress"]["batches_completed"] is None
 
             rows = client.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]
             assert [row["epoch"] for row in rows] == [0, 1]
@@ -57,6 +60,36 @@ class TestJobFlow:
             assert download.status_code == 200
             assert hashlib.sha256(download.content).hexdigest() == last["sha256"]
             assert len(download.content) == last["bytes"]
+
+    def test_a_running_job_shows_its_progress_within_the_epoch(self, stack: Stack):
+        with api(stack, stack.create_key()) as client:
+            long_job = {**SMALL_JOB, "name": "progress", "epochs": 60}
+            job_id = client.post("/v1/jobs", json=long_job).json()["id"]
+            progress = wait_until(
+                lambda: (p := client.get(f"/v1/jobs/{job_id}").json()["progress"])["batches"]
+                and p,
+                120,
+                "a heartbeat with the epoch's progress",
+                interval=0.5,
+            )
+            # 2000 images in batches of 128.
+            assert progress["batches"] == 16
+            assert 0 <= progress["batches_completed"] <= 16
+            assert progress["eta_seconds"] is None or progress["eta_seconds"] > 0
+
+            # The event stream says the same, with an id on every event.
+            seen: dict[str, dict] = {}
+            with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as stream:
+                for event in parse_events(stream.iter_lines()):
+                    if event.event == "progress" and not event.data["batches_completed"]:
+                        continue  # an epoch's first report has no pace yet
+                    seen.setdefault(event.event, event.data)
+                    if {"status", "progress", "metrics"} <= seen.keys():
+                        break
+            assert seen["status"]["status"] == "running"
+            assert seen["progress"]["batches"] == 16
+            assert seen["progress"]["images_per_second"] > 0
+            client.post(f"/v1/jobs/{job_id}/cancel")
 
     def test_a_running_job_is_cancelled_and_stops(self, stack: Stack):
         with api(stack, stack.create_key()) as client:

@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from api.worker_document import worker_document
 from tests.figures import figure
 from tests.security.conftest import WORKER_TOKEN, Deployment, bearer
 
@@ -163,20 +164,26 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_schema(make_deploym
         "tenant_key": tenant_key,
         "study_id": study["id"],
     }
-    document = deployment.client.get("/openapi.json").json()
+    # The public document, and the worker routes' own (they are not in the public one).
+    documents = [deployment.client.get("/openapi.json").json(), worker_document()]
     # Credentials through schemathesis' own auth settings, so it knows which requests carry a
     # valid key: it still sends some with the key left out or mangled, and expects a 401.
     auth = {"HTTPBearer": {"bearer": tenant_key}, "WorkerToken": {"bearer": WORKER_TOKEN}}
     config = SchemathesisConfig.from_dict({"auth": {"openapi": auth}})
-    schema = schemathesis.openapi.from_dict(document, config=config)
     report = FuzzReport()
     # Requests reach the app in process; the client is never entered, so no lifespan starts.
     send = Sender(ASGIClient(deployment.app), report)
     no_invalid_input: list[str] = []
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == sum(len(methods) for methods in document["paths"].values())
+    operations = [
+        (schema, result.ok())
+        for schema in (schemathesis.openapi.from_dict(doc, config=config) for doc in documents)
+        for result in schema.get_all_operations()
+    ]
+    assert len(operations) == sum(
+        len(methods) for document in documents for methods in document["paths"].values()
+    )
 
-    for operation in operations:
+    for schema, operation in operations:
         # Schemathesis' coverage phase: each parameter and field at and just past its bounds,
         # of the wrong type, missing; a fixed list, the same on every run.
         boundary_cases = list(

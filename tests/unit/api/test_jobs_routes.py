@@ -4,6 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
+from cli.client import parse_events
 from shared.presets import PRESETS
 from shared.settings import Settings
 from tests.unit.api.conftest import RecordingDispatcher, TenantKeys
@@ -35,7 +36,14 @@ class TestSubmitJob:
         assert job["status"] == "queued"
         assert job["spec"]["model"]["preset"] == "baseline"
         assert job["spec"]["epochs"] == 1
-        assert job["progress"] == {"epochs_completed": 0, "epochs": 1}
+        assert job["progress"] == {
+            "epochs_completed": 0,
+            "epochs": 1,
+            "batches_completed": None,
+            "batches": None,
+            "images_per_second": None,
+            "eta_seconds": None,
+        }
         assert job["analysis"]["parameters"] > 0
         assert dispatcher.sent == [job["id"]]
 
@@ -206,8 +214,10 @@ class TestEvents:
         worker.finish(job["id"], attempt)
         response = client.get(f"/v1/jobs/{job['id']}/events", headers=auth)
         assert response.headers["content-type"].startswith("text/event-stream")
-        assert response.text.count("event: metrics") == 1
-        assert 'event: status\ndata: {"status": "succeeded"}' in response.text
+        events = [(event.event, event.data) for event in parse_events(response.text.splitlines())]
+        assert [name for name, _ in events] == ["metrics", "status"]
+        assert events[0][1]["epoch"] == 0
+        assert events[1][1] == {"status": "succeeded", "error": None}
 
 
 class TestCancel:

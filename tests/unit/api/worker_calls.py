@@ -64,9 +64,12 @@ class WorkerCalls:
             f"/internal/v1/jobs/{job_id}/epochs", json=body, headers=self.headers
         )
 
-    def heartbeat(self, job_id: str, attempt: dict[str, Any]) -> Any:
+    def heartbeat(
+        self, job_id: str, attempt: dict[str, Any], progress: dict[str, Any] | None = None
+    ) -> Any:
+        body = attempt if progress is None else {**attempt, "progress": progress}
         return self.client.post(
-            f"/internal/v1/jobs/{job_id}/heartbeat", json=attempt, headers=self.headers
+            f"/internal/v1/jobs/{job_id}/heartbeat", json=body, headers=self.headers
         )
 
     def release(self, job_id: str, attempt: dict[str, Any]) -> Any:
