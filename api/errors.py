@@ -26,19 +26,6 @@ class Unauthorized(TunelabError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-class BadCursor(TunelabError):
-    """A paging cursor this service did not hand out; a 422 naming `cursor`, like any other
-    query parameter that is not valid."""
-
-    status, code, title = 422, "validation-error", "The request is not valid"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            "1 problem(s): cursor",
-            errors=[{"field": "cursor", "message": message, "type": "value_error"}],
-        )
-
-
 class JobNotFound(TunelabError):
     status, code, title = 404, "job-not-found", "Job not found"
 

@@ -38,6 +38,10 @@ from shared.strict import PRINTABLE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 BINARY = {"type": "string", "format": "binary"}
+# A page's cursor: the last job's id, or (best first) its accuracy and id; see api.reads.
+# Stated exactly, so that every cursor the schema admits is one the server can page from.
+JOB_ID = r"job_[0-9a-f]{24}"
+CURSOR_PATTERN = rf"^({JOB_ID}|(-|[0-9]+(\.[0-9]+)?(e[+-]?[0-9]{1, 2})?)~{JOB_ID})$"
 
 
 @router.post(
@@ -89,7 +93,12 @@ def list_jobs(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[
-        str | None, Query(max_length=100, description="`next_cursor` of the page before")
+        str | None,
+        Query(
+            max_length=100,
+            pattern=CURSOR_PATTERN,
+            description="`next_cursor` of the page before, in the same order",
+        ),
     ] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     tag: Annotated[Tag | None, Query(description="Only jobs with this tag")] = None,

@@ -93,11 +93,12 @@ class TestOrderByAccuracy:
         ids = [job_id for job_id, _ in seen]
         assert ids[0] > ids[1] and ids[5] > ids[6]
 
-    def test_a_made_up_cursor_is_a_422_naming_it(self, client, auth):
+    @pytest.mark.parametrize("cursor", ["nan~job_01a2349e5d8a5e91c85f68fa", "1e999~job_x", "x"])
+    def test_a_made_up_cursor_is_a_422_naming_it(self, client, auth, cursor):
         response = client.get(
-            "/v1/jobs", params={"order": "test_accuracy", "cursor": "nan~x"}, headers=auth
+            "/v1/jobs", params={"order": "test_accuracy", "cursor": cursor}, headers=auth
         )
-        assert error_fields(response) == ["cursor"]
+        assert error_fields(response) == ["query.cursor"]
 
     def test_an_unknown_order_is_a_422_listing_the_orders(self, client, auth):
         response = client.get("/v1/jobs", params={"order": "loss"}, headers=auth)
