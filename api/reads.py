@@ -103,23 +103,31 @@ def jobs_page(
     if where.tag is not None:
         query = query.where(col(Job.id).in_(select(JobTag.job_id).where(JobTag.tag == where.tag)))
     if order is JobOrder.test_accuracy:
-        jobs, next_cursor = _best_first(session, query, limit, cursor)
+        jobs, next_cursor = _best_first(session, tenant_id, query, limit, cursor)
     else:
         if cursor:
-            query = query.where(col(Job.id) < cursor)
+            # A cursor from the other order still names a job: page on from its id.
+            query = query.where(col(Job.id) < cursor.rpartition("~")[2])
         jobs = list(session.exec(query.order_by(col(Job.id).desc()).limit(limit + 1)))
         next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
     return JobList(items=job_views(session, jobs[:limit]), next_cursor=next_cursor)
 
 
 def _best_first(
-    session: Session, query: SelectOfScalar[Job], limit: int, cursor: str | None
+    session: Session,
+    tenant_id: str,
+    query: SelectOfScalar[Job],
+    limit: int,
+    cursor: str | None,
 ) -> tuple[list[Job], str | None]:
     """Keyset paging by (best test accuracy, id), both descending, jobs with no accuracy
-    last. The cursor is the last row's key, `<accuracy>~<id>` or `-~<id>`."""
+    last. The cursor is the last row's key, `<accuracy>~<id>` or `-~<id>`; a bare id (from a
+    page in the other order) pages on from that job's place in this one."""
     accuracy, unscored = col(Job.best_test_accuracy), col(Job.best_test_accuracy).is_(None)
     if cursor:
-        after_accuracy, _, after_id = cursor.partition("~")
+        after_accuracy, _, after_id = cursor.rpartition("~")
+        if not after_accuracy:
+            after_accuracy = _accuracy_key(session.get(Job, after_id), tenant_id)
         if after_accuracy == "-":
             query = query.where(unscored, col(Job.id) < after_id)
         else:
@@ -137,8 +145,15 @@ def _best_first(
     if len(jobs) <= limit:
         return jobs, None
     last = jobs[limit - 1]
-    key = "-" if last.best_test_accuracy is None else repr(last.best_test_accuracy)
-    return jobs, f"{key}~{last.id}"
+    return jobs, f"{_accuracy_key(last, tenant_id)}~{last.id}"
+
+
+def _accuracy_key(job: Job | None, tenant_id: str) -> str:
+    """A job's accuracy as a cursor writes it: `-` for none, and for a job that is not the
+    tenant's (or no longer exists), which then pages on among the unscored."""
+    if job is None or job.tenant_id != tenant_id or job.best_test_accuracy is None:
+        return "-"
+    return repr(job.best_test_accuracy)
 
 
 def metrics_after(session: Session, job_id: str, since_epoch: int | None) -> list[EpochMetricRow]:

@@ -93,6 +93,13 @@ class TestOrderByAccuracy:
         ids = [job_id for job_id, _ in seen]
         assert ids[0] > ids[1] and ids[5] > ids[6]
 
+    def test_a_cursor_from_the_other_order_pages_on_from_its_job(self, client, auth, worker):
+        jobs = [finished_job(client, auth, worker, accuracy) for accuracy in (0.9, 0.8, 0.7)]
+        after_best = listed(client, auth, order="test_accuracy", cursor=jobs[0]["id"])
+        assert after_best == [jobs[1]["id"], jobs[2]["id"]]
+        newest_after = listed(client, auth, cursor=f"0.8~{jobs[2]['id']}")
+        assert newest_after == [jobs[1]["id"], jobs[0]["id"]]
+
     @pytest.mark.parametrize("cursor", ["nan~job_01a2349e5d8a5e91c85f68fa", "1e999~job_x", "x"])
     def test_a_made_up_cursor_is_a_422_naming_it(self, client, auth, cursor):
         response = client.get(
