@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: install run test test-unit test-integration test-faults lint format bench-train bench-presets bench-api bench-study clean
+.PHONY: install run test test-unit test-integration test-faults fuzz-live lint format bench-train bench-presets bench-api bench-study clean
 
 install: $(INSTALLED)
 
@@ -38,6 +38,10 @@ test-integration: install
 # Kills workers, Redis and the API under running jobs; prints each scenario's figures.
 test-faults: install
 	$(BIN)/pytest tests/faults -s
+
+# Schemathesis' CLI, every check, against a running API; what remains is in the README.
+fuzz-live: install
+	tests/security/live_schemathesis.sh
 
 test: lint
 	$(BIN)/pytest --ignore=tests/faults
