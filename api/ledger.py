@@ -341,12 +341,14 @@ def record_epoch(
     attempt: int,
     metrics: EpochMetrics,
     checkpoint: CheckpointRecord | None,
-) -> None:
-    """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing."""
+) -> bool:
+    """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing.
+    Whether the epoch was new."""
     if checkpoint is not None and checkpoint.path != f"{job.id}/{checkpoint.name}":
         # Checkpoints live at {job_id}/{name} under the artifact root, and nowhere else.
         raise CheckpointRefused(f"checkpoint path must be {job.id}/{checkpoint.name}")
-    if session.get(EpochMetricRow, (job.id, metrics.epoch)) is None:
+    new = session.get(EpochMetricRow, (job.id, metrics.epoch)) is None
+    if new:
         session.add(EpochMetricRow(job_id=job.id, attempt=attempt, **metrics.model_dump()))
     if checkpoint is not None:
         row = session.get(CheckpointRow, (job.id, checkpoint.name))
@@ -361,6 +363,7 @@ def record_epoch(
     if job.best_test_accuracy is None or metrics.test_accuracy > job.best_test_accuracy:
         job.best_epoch, job.best_test_accuracy = metrics.epoch, metrics.test_accuracy
     session.add(job)
+    return new
 
 
 def finish_job(session: Session, job: Job, report: FinishReport) -> None:

@@ -15,6 +15,7 @@ from api.docs_pages import install_docs
 from api.error_handlers import install_error_handlers
 from api.job_events import StatusEvent
 from api.limits import BodySizeLimit, NulInUrl
+from api.metrics import install_metrics
 from api.problem_docs import document_problems
 from api.rate_limit import RateLimiter, make_rate_limiter
 from api.routes import architectures, health, internal, jobs, studies
@@ -71,6 +72,7 @@ def create_app(
     app.state.rate_limiter = rate_limiter or make_rate_limiter(settings)
     app.add_middleware(NulInUrl)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    install_metrics(app)
     install_error_handlers(app)
     for module in (jobs, studies, architectures, health):
         app.include_router(module.router)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # What a failed authentication tried: each kind counts apart, so a flood of bad API keys from
 # an address does not lock the workers on it out of their routes, nor the other way round.
-Credential = Literal["api-key", "worker-token"]
+Credential = Literal["api-key", "worker-token", "metrics-token"]
 
 
 class RateLimiter:

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from api.dispatch import Dispatcher
 from api.ledger import attempts_of, dispatch, end_attempt
+from api.metrics import lease_expired
 from api.models import AttemptOutcome, AttemptRow, Job, JobStatus, as_utc, utcnow
 from shared.settings import Settings
 
@@ -121,6 +122,7 @@ def _requeue_expired(
                 counts.failed += 1
             else:
                 counts.requeued += 1
+            lease_expired("failed" if give_up else "requeued")
             log.warning(
                 "job %s: attempt %d lost its lease; %s",
                 job.id,

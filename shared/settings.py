@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     artifact_dir: Path = DEFAULT_VAR_DIR / "artifacts"
     api_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")
     worker_token: str = ""
+    # The bearer token Prometheus sends to GET /metrics; apart from the tenants' keys and the
+    # workers' token, so that a scraper holds no other power. Empty: /metrics answers 404.
+    metrics_token: str = ""
     worker_name: str = ""
     # The tenant key the `tunelab` client commands send (TUNELAB_API_KEY).
     api_key: str = ""

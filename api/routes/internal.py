@@ -17,6 +17,7 @@ from api.ledger import (
     release_job,
     renew_lease,
 )
+from api.metrics import attempt_started, epoch_recorded
 from api.models import Job, JobStatus
 from api.problem_docs import problem_responses
 from api.reads import checkpoints_of
@@ -67,6 +68,7 @@ def _stop_answer(job: Job) -> AttemptAnswer | None:
 def claim(job_id: str, request: ClaimRequest, session: SessionDep, settings: SettingsDep) -> Claim:
     """Start a new attempt of a queued job (or of one whose lease expired)."""
     job = claim_job(session, job_id, request.worker, settings.lease_seconds)
+    attempt_started()
     return Claim(
         job_id=job.id,
         attempt=job.attempts,
@@ -92,11 +94,14 @@ def post_epoch(
     job = holding_attempt(session, job_id, report)
     if (stop := _stop_answer(job)) is not None:
         return stop
-    record_epoch(session, job, report.attempt, report.metrics, report.checkpoint)
+    # A repeated post (record_epoch keeps the first) is not observed twice.
+    new_epoch = record_epoch(session, job, report.attempt, report.metrics, report.checkpoint)
     renew_lease(job, settings.lease_seconds)
     # A trial's epoch is told to its study's pruner, in the same transaction.
     pruned = job.study_id is not None and prune_after_epoch(session, job, report.attempt)
     session.commit()
+    if new_epoch:
+        epoch_recorded(report.metrics)
     if pruned:
         _free_trial_slot(request, job)
         return PRUNED
