@@ -66,8 +66,7 @@ class TestJobFlow:
             long_job = {**SMALL_JOB, "name": "progress", "epochs": 60}
             job_id = client.post("/v1/jobs", json=long_job).json()["id"]
             progress = wait_until(
-                lambda: (p := client.get(f"/v1/jobs/{job_id}").json()["progress"])["batches"]
-                and p,
+                lambda: (p := client.get(f"/v1/jobs/{job_id}").json()["progress"])["batches"] and p,
                 120,
                 "a heartbeat with the epoch's progress",
                 interval=0.5,

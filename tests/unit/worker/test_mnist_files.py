@@ -1,4 +1,5 @@
 import hashlib
+import os
 import random
 import zipfile
 from collections.abc import Callable
@@ -11,6 +12,9 @@ from shared.idx import idx_header
 from tests.mnist_fixtures import write_idx
 from worker import mnist_files
 from worker.mnist_files import (
+    LOCK_NAME,
+    MARKER_NAME,
+    STAGING_PREFIX,
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,
@@ -19,8 +23,11 @@ from worker.mnist_files import (
     convert_fallback_wheel,
     csv_to_idx,
     ensure_mnist,
+    is_checked,
+    mismatched_files,
     prepare_mnist,
     raw_dir,
+    record_checked,
 )
 
 PIXELS = 28 * 28
@@ -117,6 +124,13 @@ def failing(message: str) -> Callable[[Path], None]:
     return fetch
 
 
+def never(what: str) -> Callable[..., None]:
+    def called(*_args: object) -> None:
+        raise AssertionError(f"must not {what}")
+
+    return called
+
+
 @pytest.fixture(autouse=True)
 def no_real_sources(monkeypatch):
     # The module's real sources download; every test here runs offline.
@@ -201,8 +215,36 @@ class TestPrepareMnist:
 
         with pytest.raises(DataPreparationError, match="connection reset"):
             prepare_mnist(tmp_path, [FakeSource("mirror", cut_off).source], files.md5s())
-        remaining = {path.name for path in raw_dir(tmp_path).iterdir()}
-        assert TRAIN_IMAGES not in remaining
+        # Not even its good files: a source fills a scratch folder, thrown away when it fails.
+        assert list(raw_dir(tmp_path).iterdir()) == []
+        assert list(tmp_path.glob(f"{STAGING_PREFIX}*")) == []
+
+    def test_a_source_fills_a_scratch_folder_never_the_raw_folder(self, tmp_path: Path):
+        files = MnistLike()
+        seen: list[list[Path]] = []
+
+        def looking(target: Path) -> None:
+            seen.append(list(raw_dir(tmp_path).iterdir()))
+            files.write_into(target)
+
+        good = FakeSource("local", looking)
+        prepare_mnist(tmp_path, [good.source], files.md5s())
+        assert good.calls[0] != raw_dir(tmp_path)
+        assert seen == [[]]
+
+    def test_files_already_correct_are_hashed_even_with_a_marker(self, tmp_path: Path):
+        files = MnistLike()
+        good = FakeSource("local", writing(files))
+        folder = prepare_mnist(tmp_path, [good.source], files.md5s())
+        # Same size, same time: only hashing tells.
+        path = folder / TRAIN_LABELS
+        stat = path.stat()
+        path.write_bytes(bytes(byte ^ 1 for byte in path.read_bytes()))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert is_checked(folder, files.md5s())
+        prepare_mnist(tmp_path, [good.source], files.md5s())
+        assert len(good.calls) == 2
+        assert mismatched_files(folder, files.md5s()) == []
 
     def test_a_mismatch_moves_on_to_the_next_source(self, tmp_path: Path):
         files = MnistLike()
@@ -245,13 +287,67 @@ class TestPrepareMnist:
 
 
 class TestEnsureMnist:
-    def test_all_four_files_present_calls_no_source(self, tmp_path: Path, monkeypatch):
-        # The stand-in files do not have MNIST's checksums: ensure_mnist does not re-check.
-        MnistLike().write_into(raw_dir(tmp_path))
+    def test_an_empty_data_dir_is_prepared_checked_and_marked(self, tmp_path: Path):
+        files = MnistLike()
+        good = FakeSource("local", writing(files))
+        folder = ensure_mnist(tmp_path, [good.source], files.md5s())
+        assert folder == raw_dir(tmp_path)
+        assert len(good.calls) == 1
+        assert mismatched_files(folder, files.md5s()) == []
+        assert is_checked(folder, files.md5s())
+        assert sorted(path.name for path in tmp_path.iterdir()) == [LOCK_NAME, "MNIST"]
+
+    def test_once_marked_it_neither_fetches_nor_hashes_nor_locks(self, tmp_path: Path, monkeypatch):
+        files = MnistLike()
+        ensure_mnist(tmp_path, [FakeSource("local", writing(files)).source], files.md5s())
         untouched = FakeSource("never", failing("must not be called"))
-        monkeypatch.setattr(mnist_files, "SOURCES", [untouched.source])
-        assert ensure_mnist(tmp_path) == raw_dir(tmp_path)
+        monkeypatch.setattr(mnist_files, "md5_of", never("hash"))
+        monkeypatch.setattr(mnist_files, "preparation_lock", never("lock"))
+        assert ensure_mnist(tmp_path, [untouched.source], files.md5s()) == raw_dir(tmp_path)
         assert untouched.calls == []
+
+    def test_good_files_without_a_marker_are_hashed_once_and_marked(self, tmp_path: Path):
+        # A data dir from before the marker, or files copied in by hand.
+        files = MnistLike()
+        files.write_into(raw_dir(tmp_path))
+        untouched = FakeSource("never", failing("must not be called"))
+        assert ensure_mnist(tmp_path, [untouched.source], files.md5s()) == raw_dir(tmp_path)
+        assert untouched.calls == []
+        assert is_checked(raw_dir(tmp_path), files.md5s())
+
+    def test_files_without_a_marker_not_matching_are_prepared_again(self, tmp_path: Path):
+        files = MnistLike()
+        MnistLike(train=Digits.random(3, seed=9)).write_into(raw_dir(tmp_path))
+        good = FakeSource("local", writing(files))
+        ensure_mnist(tmp_path, [good.source], files.md5s())
+        assert len(good.calls) == 1
+        assert mismatched_files(raw_dir(tmp_path), files.md5s()) == []
+
+    def test_a_file_changed_since_the_marker_is_prepared_again(self, tmp_path: Path):
+        files = MnistLike()
+        good = FakeSource("local", writing(files))
+        folder = ensure_mnist(tmp_path, [good.source], files.md5s())
+        with (folder / TEST_LABELS).open("ab") as labels:
+            labels.write(b"\x00")
+        assert not is_checked(folder, files.md5s())
+        ensure_mnist(tmp_path, [good.source], files.md5s())
+        assert len(good.calls) == 2
+        assert mismatched_files(folder, files.md5s()) == []
+
+    def test_a_changed_file_no_source_can_replace_is_removed_and_refused(self, tmp_path: Path):
+        files = MnistLike()
+        folder = ensure_mnist(tmp_path, [FakeSource("local", writing(files)).source], files.md5s())
+        with (folder / TEST_LABELS).open("ab") as labels:
+            labels.write(b"\x00")
+        offline = FakeSource("offline", failing("no network in tests"))
+        with pytest.raises(DataPreparationError) as refused:
+            ensure_mnist(tmp_path, [offline.source], files.md5s())
+        assert str(refused.value) == (
+            f"could not prepare MNIST (removed, not matching their MD5: {TEST_LABELS}): "
+            "offline: no network in tests"
+        )
+        assert not (folder / TEST_LABELS).exists()
+        assert not (folder / MARKER_NAME).exists()
 
     def test_a_missing_file_prepares_from_the_sources(self, tmp_path: Path, monkeypatch):
         MnistLike().write_into(raw_dir(tmp_path))
@@ -260,4 +356,25 @@ class TestEnsureMnist:
         monkeypatch.setattr(mnist_files, "SOURCES", [offline.source])
         with pytest.raises(DataPreparationError, match="offline: no network in tests"):
             ensure_mnist(tmp_path)
-        assert offline.calls == [raw_dir(tmp_path)]
+        assert len(offline.calls) == 1
+
+    @pytest.mark.parametrize(
+        "marker",
+        [b"", b"{not json", b"[]", b'{"files": []}', b'{"files": {"x": 1}}'],
+        ids=["empty", "cut-short", "a-list", "files-a-list", "no-entries"],
+    )
+    def test_an_unreadable_marker_means_hashing_again(self, tmp_path: Path, marker: bytes):
+        files = MnistLike()
+        files.write_into(raw_dir(tmp_path))
+        (raw_dir(tmp_path) / MARKER_NAME).write_bytes(marker)
+        assert not is_checked(raw_dir(tmp_path), files.md5s())
+        untouched = FakeSource("never", failing("must not be called"))
+        ensure_mnist(tmp_path, [untouched.source], files.md5s())
+        assert is_checked(raw_dir(tmp_path), files.md5s())
+
+    def test_a_marker_for_other_checksums_is_not_trusted(self, tmp_path: Path):
+        files = MnistLike()
+        files.write_into(raw_dir(tmp_path))
+        record_checked(raw_dir(tmp_path))
+        assert is_checked(raw_dir(tmp_path))
+        assert not is_checked(raw_dir(tmp_path), files.md5s())
