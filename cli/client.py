@@ -8,9 +8,11 @@ reason. A GET answered 429 is tried again after its Retry-After, a few times.
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 from tenacity import (
@@ -45,6 +47,13 @@ class ApiUnreachable(CommandFailed):
 class ServerEvent:
     event: str
     data: Any
+    # The stream's last `id:` so far, which a reconnection sends back as Last-Event-ID.
+    id: str | None = None
+
+
+def job_path(job_id: str, *rest: str) -> str:
+    """`/v1/jobs/{id}/…`, the id quoted: an id is opaque, never part of a path of ours."""
+    return "/".join([f"/v1/jobs/{quote(job_id, safe='')}", *rest])
 
 
 def problem_line(response: httpx.Response) -> str:
@@ -69,14 +78,16 @@ def problem_line(response: httpx.Response) -> str:
 
 
 def parse_events(lines: Iterable[str]) -> Iterator[ServerEvent]:
-    """Server-Sent Events from a stream's lines: `event:` and `data:` fields, dispatched at
-    each blank line; comments and other fields ignored."""
+    """Server-Sent Events from a stream's lines: `event:`, `data:` and `id:` fields,
+    dispatched at each blank line; comments and other fields ignored. As the SSE standard
+    has it, an id holds for the events after it until another one replaces it."""
     event = "message"
     data: list[str] = []
+    last_id: str | None = None
     for line in lines:
         if not line:
             if data:
-                yield ServerEvent(event, _decoded("\n".join(data)))
+                yield ServerEvent(event, _decoded("\n".join(data)), last_id)
             event, data = "message", []
             continue
         name, _, value = line.partition(":")
@@ -85,8 +96,10 @@ def parse_events(lines: Iterable[str]) -> Iterator[ServerEvent]:
             event = value
         elif name == "data":
             data.append(value)
+        elif name == "id" and "\0" not in value:
+            last_id = value
     if data:
-        yield ServerEvent(event, _decoded("\n".join(data)))
+        yield ServerEvent(event, _decoded("\n".join(data)), last_id)
 
 
 def _decoded(data: str) -> Any:
@@ -153,16 +166,34 @@ class ApiClient:
     def post(self, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> Any:
         return self._answer(self._send("POST", path, json=body, headers=headers))
 
-    def events(self, path: str) -> Iterator[ServerEvent]:
-        """A Server-Sent Events stream, until the server ends it. A stream can be quiet for
-        as long as an epoch takes, so reading never times out."""
-        timeout = httpx.Timeout(TIMEOUT_SECONDS, read=None)
+    def delete(self, path: str) -> Any:
+        return self._answer(self._send("DELETE", path))
+
+    def events(self, path: str, last_event_id: str | None = None) -> Iterator[ServerEvent]:
+        """A Server-Sent Events stream, until the server ends it; `last_event_id` resumes
+        after that event. A stream can be quiet for as long as an epoch takes, so reading
+        never times out."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else None
+        with self.streamed(path, headers=headers, read_timeout=None) as response:
+            yield from parse_events(response.iter_lines())
+
+    @contextmanager
+    def streamed(
+        self,
+        path: str,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = TIMEOUT_SECONDS,
+    ) -> Iterator[httpx.Response]:
+        """A GET whose body is read inside the block (`iter_bytes()`, `iter_lines()`), never
+        held whole in memory; an error answer raises ApiProblem before the block runs, and a
+        connection lost while reading raises ApiUnreachable."""
+        timeout = httpx.Timeout(TIMEOUT_SECONDS, read=read_timeout)
         try:
-            with self.http.stream("GET", path, timeout=timeout) as response:
+            with self.http.stream("GET", path, headers=headers, timeout=timeout) as response:
                 if not response.is_success:
                     response.read()
                     self._answer(response)
-                yield from parse_events(response.iter_lines())
+                yield response
         except httpx.TransportError as error:
             raise self._unreachable(error) from None
 
@@ -175,7 +206,8 @@ class ApiClient:
     def _answer(self, response: httpx.Response) -> Any:
         if not response.is_success:
             raise ApiProblem(problem_line(response), response.status_code)
-        return response.json()
+        # A 204 (a deletion) has no body to decode.
+        return response.json() if response.content else None
 
     def _unreachable(self, error: httpx.TransportError) -> ApiUnreachable:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

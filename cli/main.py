@@ -15,8 +15,9 @@ import typer
 from typer._click import ClickException
 from typer.core import TyperGroup
 
-from cli import server, studies
+from cli import jobs, server, studies
 from cli.errors import CommandFailed
+from cli.job_watch import EXIT_HELP
 
 app = typer.Typer(
     name="tunelab",
@@ -32,6 +33,16 @@ app.command("dev")(server.dev)
 app.add_typer(server.db_app, name="db")
 app.add_typer(server.keys_app, name="keys")
 app.add_typer(server.data_app, name="data")
+app.command("submit", epilog=f"With --watch: {EXIT_HELP}")(jobs.submit)
+app.command("watch", epilog=EXIT_HELP)(jobs.watch)
+app.command("jobs")(jobs.jobs)
+app.command("show")(jobs.show)
+app.command("cancel")(jobs.cancel)
+app.command("delete")(jobs.delete)
+app.command("download")(jobs.download)
+app.command("plot")(jobs.plot)
+app.command("compare")(jobs.compare)
+app.command("predict")(jobs.predict)
 app.add_typer(studies.app, name="study")
 
 

@@ -1,8 +1,6 @@
 """`tunelab study …`: hyperparameter studies through the API, for people at a terminal (rich
 tables) and for scripts (`S=$(tunelab study create s.json)`, `--json`, exit statuses)."""
 
-import json
-import sys
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -20,9 +18,10 @@ from tenacity import (
 )
 
 from cli.client import ApiClient, ApiUnreachable, ServerEvent, connect
+from cli.documents import print_json, read_json
 from cli.errors import CommandFailed
+from cli.formatting import console
 from cli.study_views import (
-    console,
     event_line,
     format_counts,
     study_view,
@@ -108,21 +107,6 @@ def follow(client: ApiClient, study_id: str, out: Console) -> int:
 # --- the commands -------------------------------------------------------------------------
 
 
-def read_study_file(path: Path) -> Any:
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text()
-    except OSError as error:
-        raise CommandFailed(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CommandFailed(f"{path} is not JSON: {error}") from None
-
-
-def print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2))
-
-
 @app.command("create")
 def create(
     study_file: Annotated[
@@ -136,7 +120,7 @@ def create(
     ] = None,
 ) -> None:
     """Create a study; prints only its id (`S=$(tunelab study create s.json)`)."""
-    body = read_study_file(study_file)
+    body = read_json(study_file)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     with connect() as client:
         study = client.post("/v1/studies", body, headers=headers)

@@ -3,39 +3,20 @@ rendered with rich from the API's JSON (the study resource, trial rows, SSE even
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from cli.client import ServerEvent
+from cli.formatting import format_duration, format_time, format_value, plural, styled_state
 
-STATE_STYLES = {
-    "queued": "dim",
-    "started": "cyan",
-    "running": "cyan",
-    "succeeded": "green",
-    "pruned": "yellow",
-    "infeasible": "magenta",
-    "failed": "red",
-    "cancelled": "dim",
-}
 TRIAL_STATES = ("queued", "running", "succeeded", "pruned", "infeasible", "failed", "cancelled")
 
 
-def console(stderr: bool = False) -> Console:
-    # Markup off: parameter paths (`model.layers[0].out_channels`) and reasons are data.
-    return Console(stderr=stderr, markup=False, highlight=False, emoji=False)
-
-
 # --- formatting -------------------------------------------------------------------------
-
-
-def format_value(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
 
 
 def format_param(value: Any) -> str:
@@ -51,32 +32,9 @@ def format_params(params: Mapping[str, Any], separator: str = ", ") -> str:
     return separator.join(f"{path}={format_param(value)}" for path, value in params.items())
 
 
-def format_time(text: str | None) -> str:
-    if not text:
-        return "—"
-    return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def format_duration(start: str, end: str) -> str:
-    seconds = int((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def format_counts(counts: Mapping[str, int]) -> str:
     parts = [f"{counts[state]} {state}" for state in TRIAL_STATES if counts.get(state)]
     return f"{counts.get('total', 0)} total" + (f": {', '.join(parts)}" if parts else "")
-
-
-def styled_state(state: str) -> Text:
-    return Text(state, style=STATE_STYLES.get(state, ""))
 
 
 def metric_of(study: Mapping[str, Any]) -> str:
