@@ -78,6 +78,16 @@ def embedded_stack(tmp_path: Path) -> Iterator[Stack]:
     )
 
 
+@pytest.fixture(scope="module")
+def module_embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The embedded default, shared by a module's tests that only read from it or keep to
+    their own jobs: one start-up instead of one per test."""
+    folder = tmp_path_factory.mktemp("stack")
+    yield from _started(
+        Stack(folder, f"sqlite:///{folder}/tunelab.db", "filesystem://", "training")
+    )
+
+
 @pytest.fixture(params=["production", "embedded"])
 def stack(request: pytest.FixtureRequest) -> Stack:
     return request.getfixturevalue(f"{request.param}_stack")

@@ -29,7 +29,7 @@ TINY_JOB = {
 STEP_TIMEOUT_MS = 30_000
 
 
-# The tests ask for `page` before `embedded_stack`: without Chromium they stop before any
+# The tests ask for `page` before `module_embedded_stack`: without Chromium they stop before any
 # process starts.
 @pytest.fixture
 def chromium() -> Iterator[Browser]:
@@ -91,11 +91,11 @@ def operations(schema: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 class TestSwaggerUI:
     def test_lists_every_operation_and_submits_a_job_with_a_kept_key(
-        self, page: Page, off_machine: list[str], embedded_stack: Stack
+        self, page: Page, off_machine: list[str], module_embedded_stack: Stack
     ):
-        key = embedded_stack.create_key()
-        expected = operations(openapi(embedded_stack))
-        page.goto(f"{embedded_stack.api_url}/docs")
+        key = module_embedded_stack.create_key()
+        expected = operations(openapi(module_embedded_stack))
+        page.goto(f"{module_embedded_stack.api_url}/docs")
 
         listed = page.locator(".opblock")
         expect(listed).to_have_count(len(expected))
@@ -129,7 +129,7 @@ class TestSwaggerUI:
         expect(answered).to_have_text("201")
 
         jobs = httpx.get(
-            f"{embedded_stack.api_url}/v1/jobs",
+            f"{module_embedded_stack.api_url}/v1/jobs",
             headers={"Authorization": f"Bearer {key}"},
             timeout=10,
         ).json()["items"]
@@ -139,11 +139,11 @@ class TestSwaggerUI:
 
 class TestReDoc:
     def test_renders_the_title_and_every_operation(
-        self, page: Page, off_machine: list[str], embedded_stack: Stack
+        self, page: Page, off_machine: list[str], module_embedded_stack: Stack
     ):
-        schema = openapi(embedded_stack)
+        schema = openapi(module_embedded_stack)
         operation_ids = {operation["operationId"] for operation in operations(schema).values()}
-        page.goto(f"{embedded_stack.api_url}/redoc")
+        page.goto(f"{module_embedded_stack.api_url}/redoc")
 
         expect(page.locator("h1")).to_contain_text(schema["info"]["title"])
         # Each operation's heading links to "#tag/<tag>/operation/<operationId>".

@@ -61,7 +61,9 @@ class TestJobFlow:
             assert hashlib.sha256(download.content).hexdigest() == last["sha256"]
             assert len(download.content) == last["bytes"]
 
-    def test_a_running_job_shows_its_progress_within_the_epoch(self, stack: Stack):
+    # On the embedded stack only: the progress path is the same code on both.
+    def test_a_running_job_shows_its_progress_within_the_epoch(self, embedded_stack: Stack):
+        stack = embedded_stack
         with api(stack, stack.create_key()) as client:
             long_job = {**SMALL_JOB, "name": "progress", "epochs": 60}
             job_id = client.post("/v1/jobs", json=long_job).json()["id"]
