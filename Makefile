@@ -50,8 +50,9 @@ bench-train: install
 	$(BIN)/tunelab data prepare
 	$(BIN)/python -m bench.train_speed
 
+# BENCH_API_ARGS="--api-workers 1 2" compares one API process with two.
 bench-api: install
-	$(BIN)/python -m bench.api_speed
+	$(BIN)/python -m bench.api_speed $(BENCH_API_ARGS)
 
 bench-study: install
 	$(BIN)/tunelab data prepare

@@ -9,8 +9,6 @@ runs more than `max_trials` search trials.
 """
 
 import logging
-import os
-import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from sqlmodel import Session
 
 from api.dispatch import Dispatcher
 from api.errors import TooManyJobs
-from api.leases import hold, release
+from api.leases import LoopLease
 from api.ledger import dispatch
 from api.models import Study
 from api.optuna_bridge import ask, importances, infeasible_attrs
@@ -228,10 +226,7 @@ class StudyScheduler:
     def __init__(self, engine: Engine, dispatcher: Dispatcher, settings: Settings) -> None:
         self.engine, self.dispatcher, self.settings = engine, dispatcher, settings
         self.interval = settings.schedule_seconds
-        self.holder = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        # Long enough to outlast a slow pass, short enough that a dead holder's successor
-        # takes over within seconds.
-        self.lease_seconds = max(10.0, 5 * self.interval)
+        self.lease = LoopLease(LEASE_NAME, self.interval, self)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="study-scheduler", daemon=True)
@@ -246,12 +241,8 @@ class StudyScheduler:
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=self.lease_seconds + 10)
-        try:
-            with Session(self.engine) as session:
-                release(session, LEASE_NAME, self.holder)
-        except Exception:  # noqa: BLE001 - the lease then simply expires
-            log.warning("could not release the scheduler lease", exc_info=True)
+            self._thread.join(timeout=self.lease.seconds + 10)
+        self.lease.release(self.engine)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -265,7 +256,7 @@ class StudyScheduler:
     def run_once(self) -> bool:
         """One pass over every running study, if this process holds the lease."""
         with Session(self.engine, expire_on_commit=False) as session:
-            if not hold(session, LEASE_NAME, self.holder, self.lease_seconds):
+            if not self.lease.hold(session):
                 return False
             for study in active_studies(session):
                 if self._stop.is_set():

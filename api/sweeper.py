@@ -10,8 +10,11 @@ API rings again for every job the broker may not know of.
   that tells what became of each attempt. Attempts handed back by a worker that shut down
   cleanly do not count.
 
-Every change is a compare-and-set on the job's row, so several API processes may sweep at
-once; a duplicate message is harmless, since a claim is a compare-and-set too.
+With several API processes, one sweeps at a time: the one holding the `sweeper` lease in the
+database (api.leases), renewed at each pass; another takes over once a dead holder's lease
+expires. Every change is still a compare-and-set on the job's row, so a holder that loses
+the lease in the middle of a slow pass and its successor cannot both requeue one attempt;
+a duplicate message is harmless, since a claim is a compare-and-set too.
 """
 
 import logging
@@ -24,6 +27,7 @@ from sqlalchemy import ColumnElement, Engine, and_, or_, update
 from sqlmodel import Session, col, select
 
 from api.dispatch import Dispatcher
+from api.leases import LoopLease
 from api.ledger import attempts_of, dispatch, end_attempt
 from api.metrics import lease_expired
 from api.models import AttemptOutcome, AttemptRow, Job, JobStatus, as_utc, utcnow
@@ -31,6 +35,7 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+LEASE_NAME = "sweeper"
 SWEEP_BATCH = 100
 # Re-sends of a job that waits in the queue are spaced redispatch_seconds * 2**n apart, n
 # capped here: with the default of 5 minutes, at least every 5 h 20 min.
@@ -169,15 +174,20 @@ def _send_undelivered(
 
 
 class Sweeper:
-    """Runs `sweep` every `sweep_seconds` on a daemon thread until stopped.
+    """Runs `sweep` every `sweep_seconds` on a daemon thread until stopped, while this process
+    holds the sweeper lease.
 
-    A freshly started API waits one lease before it expires any: while it was down, workers
-    could not renew their leases, and a live worker renews its lease at its next heartbeat.
+    A freshly started API process waits one job lease (`lease_seconds`) before it expires
+    any: while the API was down, workers could not renew their leases, and a live worker
+    renews its lease at its next heartbeat. The wait counts from this process's start, not
+    from when it took the sweeper lease: a process that takes over from a dead one has been
+    answering heartbeats all along.
     """
 
     def __init__(self, engine: Engine, dispatcher: Dispatcher, settings: Settings) -> None:
         self.engine, self.dispatcher, self.settings = engine, dispatcher, settings
         self.interval = settings.sweep_seconds
+        self.lease = LoopLease(LEASE_NAME, self.interval, self)
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatch-sweep", daemon=True)
@@ -188,19 +198,27 @@ class Sweeper:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.interval + 10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.lease.seconds + 10)
+        self.lease.release(self.engine)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            up_for = time.monotonic() - self._started
             try:
-                with Session(self.engine) as session:
-                    sweep(
-                        session,
-                        self.dispatcher,
-                        self.settings.max_attempts,
-                        redispatch_seconds=self.settings.redispatch_seconds,
-                        expire_leases=up_for >= self.settings.lease_seconds,
-                    )
+                self.run_once()
             except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
                 log.exception("dispatch sweep failed")
+
+    def run_once(self) -> SweepCounts | None:
+        """One sweep, if this process holds the lease (None if another does)."""
+        up_for = time.monotonic() - self._started
+        with Session(self.engine) as session:
+            if not self.lease.hold(session):
+                return None
+            return sweep(
+                session,
+                self.dispatcher,
+                self.settings.max_attempts,
+                redispatch_seconds=self.settings.redispatch_seconds,
+                expire_leases=up_for >= self.settings.lease_seconds,
+            )

@@ -1,7 +1,9 @@
 """make bench-api: how fast the API takes jobs, and how soon an idle worker starts one.
 
 (1) POST /v1/jobs: N jobs from M concurrent clients, with no worker running, so the
-    measure is the API alone: validation, the database, the broker publish.
+    measure is the API alone: validation, the database, the broker publish. With
+    `--api-workers 1 2` it runs against `tunelab api --workers 1`, then `--workers 2`, and
+    prints the throughput and p50 of each against the first as ratios.
 (2) submit-to-running: one idle worker; K tiny jobs, one at a time, each sent only once
     the worker is idle again. The latency is the job's `started_at` (stamped by the API
     when the worker claims it) minus the client's clock when it sent the POST; client,
@@ -69,8 +71,11 @@ def parse_time(text: str) -> float:
 
 
 @contextmanager
-def deployment(args: argparse.Namespace, part: str, worker: bool) -> Iterator[Stack]:
-    """The API (and a worker if asked) on a backend of their own, stopped and removed after."""
+def deployment(
+    args: argparse.Namespace, part: str, worker: bool, api_workers: int = 1
+) -> Iterator[Stack]:
+    """The API in `api_workers` processes (and a worker if asked) on a backend of their own,
+    stopped and removed after."""
     with ExitStack() as cleanup:
         workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{part}-")))
         if args.embedded:
@@ -99,7 +104,7 @@ def deployment(args: argparse.Namespace, part: str, worker: bool) -> Iterator[St
         stack = Stack(workdir, database_url, broker_url, queue, extra_env=overrides)
         try:
             stack.tunelab("db", "upgrade")
-            stack.start_api()
+            stack.start_api("--workers", str(api_workers))
             if worker:
                 # Small MNIST-shaped files: the jobs only need to run, not to learn digits.
                 write_synthetic_mnist(workdir / "data", train=1000, test=200)
@@ -123,6 +128,7 @@ def backend_name(args: argparse.Namespace) -> str:
 @dataclass
 class PostRun:
     clients: int
+    api_workers: int = 1
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -131,7 +137,7 @@ class PostRun:
         return len(self.latencies_ms) / self.seconds
 
 
-def post_jobs(api_url: str, key: str, jobs: int, clients: int) -> PostRun:
+def post_jobs(api_url: str, key: str, jobs: int, clients: int, api_workers: int = 1) -> PostRun:
     """`jobs` POSTs shared among `clients` threads, each on one kept-alive connection."""
     start_together = threading.Barrier(clients)
     shares = [jobs // clients + (1 if index < jobs % clients else 0) for index in range(clients)]
@@ -157,7 +163,7 @@ def post_jobs(api_url: str, key: str, jobs: int, clients: int) -> PostRun:
 
     with ThreadPoolExecutor(max_workers=clients) as pool:
         results = list(pool.map(one_client, shares))
-    run = PostRun(clients)
+    run = PostRun(clients, api_workers)
     for latencies, _, _ in results:
         run.latencies_ms.extend(latencies)
     run.seconds = max(end for _, _, end in results) - min(began for _, began, _ in results)
@@ -165,27 +171,56 @@ def post_jobs(api_url: str, key: str, jobs: int, clients: int) -> PostRun:
 
 
 def measure_posts(args: argparse.Namespace) -> list[PostRun]:
-    with deployment(args, "post", worker=False) as stack:
-        key = stack.create_key("bench")
-        runs = []
-        print(
-            f"\nPOST /v1/jobs, {backend_name(args)}, no worker: latency per request in ms",
-            flush=True,
-        )
-        print(
-            f"{'clients':>7} {'jobs':>6} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'jobs/s':>8}"
-        )
-        for clients in args.clients:
-            run = post_jobs(stack.api_url, key, args.jobs, clients)
-            values = run.latencies_ms
+    runs = []
+    for api_workers in args.api_workers:
+        with deployment(
+            args, f"post-{api_workers}", worker=False, api_workers=api_workers
+        ) as stack:
+            key = stack.create_key("bench")
             print(
-                f"{clients:>7} {len(values):>6} {percentile(values, 0.5):>7.1f} "
-                f"{percentile(values, 0.9):>7.1f} {percentile(values, 0.99):>7.1f} "
-                f"{max(values):>7.1f} {run.jobs_per_second:>8.0f}",
+                f"\nPOST /v1/jobs, {backend_name(args)}, {processes(api_workers)}, no worker: "
+                "latency per request in ms",
                 flush=True,
             )
-            runs.append(run)
-        return runs
+            print(
+                f"{'clients':>7} {'jobs':>6} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} "
+                f"{'jobs/s':>8}"
+            )
+            for clients in args.clients:
+                run = post_jobs(stack.api_url, key, args.jobs, clients, api_workers)
+                values = run.latencies_ms
+                print(
+                    f"{clients:>7} {len(values):>6} {percentile(values, 0.5):>7.1f} "
+                    f"{percentile(values, 0.9):>7.1f} {percentile(values, 0.99):>7.1f} "
+                    f"{max(values):>7.1f} {run.jobs_per_second:>8.0f}",
+                    flush=True,
+                )
+                runs.append(run)
+    return runs
+
+
+def processes(api_workers: int) -> str:
+    return f"{api_workers} API process{'es' if api_workers > 1 else ''}"
+
+
+def scaling_lines(runs: list[PostRun]) -> list[str]:
+    """For each number of clients, each API process count against the first: throughput and
+    p50 as ratios (throughput x2 and p50 x0.5 would be perfect scaling from 1 to 2)."""
+    lines = []
+    for clients in dict.fromkeys(run.clients for run in runs):
+        same = [run for run in runs if run.clients == clients]
+        base = same[0]
+        base_p50 = percentile(base.latencies_ms, 0.5)
+        for run in same[1:]:
+            p50 = percentile(run.latencies_ms, 0.5)
+            speedup = run.jobs_per_second / base.jobs_per_second
+            lines.append(
+                f"  {clients} client{'s' if clients > 1 else ''}, {processes(run.api_workers)} "
+                f"vs {base.api_workers}: throughput {run.jobs_per_second:.0f} vs "
+                f"{base.jobs_per_second:.0f} jobs/s (x{speedup:.2f}), "
+                f"p50 {p50:.1f} vs {base_p50:.1f} ms (x{p50 / base_p50:.2f})"
+            )
+    return lines
 
 
 # --- part 2: submit to running ----------------------------------------------------------
@@ -295,6 +330,14 @@ def main() -> int:
         help="concurrent clients, one row each (1 shows a request's own cost)",
     )
     parser.add_argument(
+        "--api-workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="API processes (`tunelab api --workers N`) for part 1, a deployment each; "
+        "`1 2` compares one process with two",
+    )
+    parser.add_argument(
         "--running-jobs", type=int, default=20, help="jobs measured in part 2 (submit-to-running)"
     )
     parser.add_argument(
@@ -305,6 +348,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.jobs < max(args.clients) or min(args.clients) < 1 or args.running_jobs < 1:
         parser.error("need --jobs >= each --clients >= 1 and --running-jobs >= 1")
+    if min(args.api_workers) < 1:
+        parser.error("need --api-workers >= 1")
 
     # Ctrl-C or a SIGTERM unwinds through the finally blocks that stop the processes and drop
     # the database; set explicitly, since a shell starting us in the background ignores SIGINT.
@@ -323,11 +368,15 @@ def main() -> int:
     for run in post_runs:
         p50 = percentile(run.latencies_ms, 0.5)
         print(
-            f"  POST /v1/jobs: {len(run.latencies_ms)} jobs, {run.clients} "
-            f"client{'s' if run.clients > 1 else ''}: p50 {p50:.1f} ms, "
+            f"  POST /v1/jobs, {processes(run.api_workers)}: {len(run.latencies_ms)} jobs, "
+            f"{run.clients} client{'s' if run.clients > 1 else ''}: p50 {p50:.1f} ms, "
             f"p99 {percentile(run.latencies_ms, 0.99):.1f} ms, "
             f"{run.jobs_per_second:.0f} jobs/s  ({verdict(p50, P50_TARGET_MS)})"
         )
+    if len(args.api_workers) > 1:
+        print("  scaling of POST /v1/jobs with API processes:")
+        for line in scaling_lines(post_runs):
+            print(line)
     running = [s.running_ms for s in submissions]
     p50 = percentile(running, 0.5)
     print(

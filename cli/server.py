@@ -5,6 +5,7 @@ loads torch."""
 import logging
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,10 +25,11 @@ Host = Annotated[str, typer.Option()]
 Port = Annotated[int, typer.Option()]
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def check_database(settings: Settings) -> None:
@@ -56,30 +58,46 @@ def check_database(settings: Settings) -> None:
         )
 
 
-def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+def api(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="API processes serving the port (uvicorn workers)")
+    ] = 1,
+) -> None:
     """Run the HTTP API."""
     settings = load_settings()
     require(settings, "worker_token")
     check_database(settings)
-    import uvicorn
-
-    from api.main import create_app
+    from cli.api_server import serve
 
     _logging()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    serve(settings, host, port, workers, LOG_FORMAT)
 
 
 def worker(
-    concurrency: Annotated[int, typer.Option(help="training processes (one per GPU)")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="training processes")] = 1,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="one worker per GPU, each seeing only its own: `all`, or indices such as 0,1"
+        ),
+    ] = None,
 ) -> None:
     """Run a training worker."""
     settings = load_settings()
     require(settings, "worker_token")
+    devices = _devices(gpus, concurrency) if gpus is not None else None
     _logging()
     from worker.mnist_files import ensure_mnist
 
-    # Done here, before the pool forks, so each training process finds the files ready.
+    # Done here, before the pool forks (or the workers per GPU start), so each training
+    # process finds the files ready.
     ensure_mnist(settings.data_dir)
+    if devices is not None:
+        from cli import gpu_workers
+
+        raise typer.Exit(gpu_workers.run(devices, settings.worker_name or socket.gethostname()))
     from shared.broker import make_broker_folders
     from worker.celery_app import app
 
@@ -97,6 +115,22 @@ def worker(
     if settings.worker_name:
         argv += ["-n", settings.worker_name]
     app.worker_main(argv)
+
+
+def _devices(gpus: str, concurrency: int) -> list[str]:
+    from cli import gpu_workers
+
+    if concurrency != 1:
+        raise typer.BadParameter(
+            "one training process per GPU: leave --concurrency out", param_hint="--concurrency"
+        )
+    try:
+        chosen = gpu_workers.parse_gpus(gpus)
+        return gpu_workers.visible_devices() if chosen is None else chosen
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--gpus") from None
+    except gpu_workers.NoDevices as error:
+        raise CommandFailed(str(error)) from None
 
 
 def dev(

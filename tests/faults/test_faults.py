@@ -17,6 +17,7 @@ import httpx
 import psycopg
 import pytest
 
+from shared.settings import Settings
 from tests.faults.conftest import StackFactory, job_spec
 from tests.faults.harness import (
     RedisServer,
@@ -96,6 +97,53 @@ def test_sigkill_mid_epoch_resumes_from_the_checkpoint_each_time(fault_stack: St
     assert difference < 1e-6
 
     tally("sigkill mid-epoch x3", audits(stack.database_url, [killed["id"], reference["id"]]))
+
+
+# By default a job whose worker died trains again within this long: the lease, one sweep,
+# then the dispatch and the claim.
+DEFAULT_RECOVERY_SECONDS = 45
+DEFAULT_LEASE_SETTINGS = (
+    "lease_seconds",
+    "heartbeat_seconds",
+    "sweep_seconds",
+    "redispatch_seconds",
+)
+
+
+def attempt_started_at(database_url: str, job_id: str, attempt: int) -> float:
+    with psycopg.connect(psycopg_url(database_url)) as db:
+        (started_at,) = db.execute(
+            "SELECT started_at FROM job_attempts WHERE job_id = %s AND attempt = %s",
+            (job_id, attempt),
+        ).fetchone() or (None,)
+    assert started_at is not None
+    return float(started_at.timestamp())
+
+
+def test_with_the_default_lease_a_killed_workers_job_trains_again_within_45_s(
+    fault_stack: StackFactory,
+):
+    defaults = {
+        f"TUNELAB_{name.upper()}": str(Settings.model_fields[name].default)
+        for name in DEFAULT_LEASE_SETTINGS
+    }
+    stack, client = fault_stack(workers=1, **defaults)
+    job_id = client.submit(job_spec(epochs=3, name="default-lease"))["id"]
+    job = client.epochs_done(job_id, 1)
+    into_the_epoch(job)
+    job = client.job(job_id)
+    assert job["attempts"] == 1
+    kill(training_pid(job))  # SIGKILL mid-epoch: the worker's pool starts a new process
+    killed_at = time.time()  # the API stamps started_at with this machine's clock too
+
+    client.running_with_attempt(job_id, 2)
+    retrained_seconds = attempt_started_at(stack.database_url, job_id, 2) - killed_at
+    figure(f"[default lease] worker killed → retrained in {retrained_seconds:.0f} s")
+    assert retrained_seconds < DEFAULT_RECOVERY_SECONDS
+    assert client.finished(job_id)["status"] == "succeeded", stack.logs()
+    ledger = audit(stack.database_url, job_id)
+    assert [outcome for _, _, outcome in ledger.attempts] == ["lease_expired", "succeeded"]
+    tally("default lease", [ledger])
 
 
 def test_sigterm_hands_the_job_back_and_the_next_worker_resumes_it(fault_stack: StackFactory):

@@ -1,9 +1,11 @@
+import time
 from datetime import timedelta
 
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col
 
-from api.models import Job, utcnow
-from api.sweeper import sweep
+from api.models import Job, SchedulerLease, as_utc, utcnow
+from api.sweeper import LEASE_NAME, Sweeper, sweep
 from tests.unit.api.test_jobs_routes import submit
 from tests.unit.api.worker_calls import WorkerCalls
 
@@ -120,10 +122,73 @@ class TestRedispatch:
         assert dispatcher.sent == [job["id"]] * 3
         assert job_row(engine, job["id"]).dispatches == 3
 
-    def test_a_claimed_job_is_not_sent_again(self, client, auth, engine, dispatcher, worker_auth):
+    def test_a_claimed_job_is_not_sent_again(
+        self, client, auth, engine, dispatcher, worker_auth, settings
+    ):
         job = submit(client, auth)
         WorkerCalls(client, worker_auth).attempt(job["id"])
         with Session(engine) as session:
-            later = utcnow() + timedelta(seconds=60)  # past the wait, within the lease
-            assert sweep(session, dispatcher, 3, now=later, redispatch_seconds=10).resent == 0
+            # Past the wait, within the lease.
+            later = utcnow() + timedelta(seconds=settings.lease_seconds - 1)
+            wait = settings.lease_seconds / 3
+            assert sweep(session, dispatcher, 3, now=later, redispatch_seconds=wait).resent == 0
         assert dispatcher.sent == [job["id"]]
+
+
+def expire_lease_row(engine, name: str) -> None:
+    """What the lease row looks like once its holder died and its time ran out."""
+    with Session(engine) as session:
+        session.execute(
+            update(SchedulerLease)
+            .where(col(SchedulerLease.name) == name)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+
+
+def lease_holder(engine, name: str) -> str | None:
+    """Who holds the lease now, if anyone."""
+    with Session(engine) as session:
+        row = session.get(SchedulerLease, name)
+        return row.holder if row is not None and as_utc(row.expires_at) > utcnow() else None
+
+
+class TestSweeperLease:
+    def test_one_process_sweeps_at_a_time(self, engine, dispatcher, settings):
+        first, second = Sweeper(engine, dispatcher, settings), Sweeper(engine, dispatcher, settings)
+        assert first.run_once() is not None
+        assert second.run_once() is None
+        assert first.run_once() is not None  # renewed
+        assert lease_holder(engine, LEASE_NAME) == first.lease.holder
+
+    def test_a_dead_holders_lease_is_taken_over_once_it_expires(self, engine, dispatcher, settings):
+        first, second = Sweeper(engine, dispatcher, settings), Sweeper(engine, dispatcher, settings)
+        first.run_once()
+        expire_lease_row(engine, LEASE_NAME)  # first died and did not renew it
+        assert second.run_once() is not None
+        assert first.run_once() is None
+        assert lease_holder(engine, LEASE_NAME) == second.lease.holder
+
+    def test_stopping_releases_the_lease_at_once(self, engine, dispatcher, settings):
+        first, second = Sweeper(engine, dispatcher, settings), Sweeper(engine, dispatcher, settings)
+        first.run_once()
+        first.stop()
+        assert lease_holder(engine, LEASE_NAME) is None
+        assert second.run_once() is not None
+
+    def test_a_fresh_process_waits_one_job_lease_before_expiring_any(
+        self, client, auth, engine, dispatcher, worker_auth, settings
+    ):
+        job = submit(client, auth)
+        WorkerCalls(client, worker_auth).attempt(job["id"])
+        with Session(engine) as session:
+            session.execute(
+                update(Job)
+                .where(col(Job.id) == job["id"])
+                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            )
+            session.commit()
+        sweeper = Sweeper(engine, dispatcher, settings)
+        assert sweeper.run_once().requeued == 0  # up for less than a lease: workers may be alive
+        sweeper._started = time.monotonic() - settings.lease_seconds
+        assert sweeper.run_once().requeued == 1
