@@ -9,6 +9,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
+from api.artifact_store import ArtifactStore
 from api.dispatch import Dispatcher
 from api.errors import JobNotFound, StudyNotFound, Unauthorized
 from api.keys import tenant_for_key
@@ -37,6 +38,11 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
+def get_store(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.store
+    return store
+
+
 def get_rate_limiter(request: Request) -> RateLimiter:
     limiter: RateLimiter = request.app.state.rate_limiter
     return limiter
@@ -59,6 +65,7 @@ def client_address(request: Request) -> str:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 AddressDep = Annotated[str, Depends(client_address)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -76,3 +76,19 @@ class RateLimited(TunelabError):
 
 class TooManyJobs(TunelabError):
     status, code, title = 429, "too-many-jobs", "Too many queued and running jobs"
+
+
+class BodyIncomplete(TunelabError):
+    status, code, title = 400, "body-incomplete", "Request body does not match its Content-Length"
+
+
+class ChecksumMismatch(TunelabError):
+    status, code, title = 422, "checksum-mismatch", "The body does not match its SHA-256"
+
+
+class CheckpointNotStored(TunelabError):
+    status, code, title = 422, "checkpoint-not-stored", "Checkpoint file not in the store"
+
+
+class StoreUnavailable(TunelabError):
+    status, code, title = 503, "store-unavailable", "Checkpoint store unavailable"

@@ -335,6 +335,12 @@ def delete_job(session: Session, job: Job) -> None:
     session.commit()
 
 
+def require_own_path(job_id: str, checkpoint: CheckpointRecord) -> None:
+    """Checkpoints live at {job_id}/{name} in the artifact store, and nowhere else."""
+    if checkpoint.path != f"{job_id}/{checkpoint.name}":
+        raise CheckpointRefused(f"checkpoint path must be {job_id}/{checkpoint.name}")
+
+
 def record_epoch(
     session: Session,
     job: Job,
@@ -344,9 +350,8 @@ def record_epoch(
 ) -> bool:
     """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing.
     Whether the epoch was new."""
-    if checkpoint is not None and checkpoint.path != f"{job.id}/{checkpoint.name}":
-        # Checkpoints live at {job_id}/{name} under the artifact root, and nowhere else.
-        raise CheckpointRefused(f"checkpoint path must be {job.id}/{checkpoint.name}")
+    if checkpoint is not None:
+        require_own_path(job.id, checkpoint)
     new = session.get(EpochMetricRow, (job.id, metrics.epoch)) is None
     if new:
         session.add(EpochMetricRow(job_id=job.id, attempt=attempt, **metrics.model_dump()))
@@ -355,8 +360,8 @@ def record_epoch(
         if row is None:
             session.add(CheckpointRow(job_id=job.id, attempt=attempt, **checkpoint.model_dump()))
         elif row.sha256 != checkpoint.sha256:
-            # A later attempt wrote the file again (the earlier one was corrupt): the record
-            # follows the file, so its SHA-256 still vouches for what is on disk.
+            # A later attempt uploaded the file again (the earlier one was corrupt): the
+            # record follows the file, so its SHA-256 still vouches for what is stored.
             row.sqlmodel_update({"attempt": attempt, **checkpoint.model_dump()})
             session.add(row)
     job.epochs_completed = max(job.epochs_completed, metrics.epoch + 1)

@@ -3,6 +3,8 @@ byte in its URL. A large body is refused before a route, a dependency or the JSO
 sees a byte of it. (The rate limits are in api.rate_limit.)
 """
 
+import re
+from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers
@@ -14,14 +16,24 @@ from api.errors import BodyTooLarge
 
 class BodySizeLimit:
     """Refuses a request body over `max_bytes` with a 413: at once when its Content-Length
-    says so, and otherwise as soon as the streamed bytes pass the limit."""
+    says so, and otherwise as soon as the streamed bytes pass the limit.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `own_limits` are the (method, path pattern) of routes that stream their bodies and limit
+    them themselves (a checkpoint upload): they are passed through untouched, so that their
+    caller is authenticated before its declared size is even looked at."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        own_limits: Iterable[tuple[str, re.Pattern[str]]] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.own_limits = tuple(own_limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._limits_itself(scope):
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length")
@@ -63,6 +75,15 @@ class BodySizeLimit:
                 raise
         if exceeded and not response_started:
             await self._refuse(scope, receive, send)
+
+    def _limits_itself(self, scope: Scope) -> bool:
+        # Matched as the router matches, on the path below the app's root path.
+        path, root = scope["path"], scope.get("root_path", "")
+        route_path = path[len(root) :] if root and path.startswith(root) else path
+        return any(
+            scope["method"] == method and pattern.fullmatch(route_path)
+            for method, pattern in self.own_limits
+        )
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = BodyTooLarge(f"the request body must be at most {self.max_bytes} bytes")

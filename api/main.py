@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from api.artifact_store import ArtifactStore
 from api.db import make_engine
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs_pages import install_docs
@@ -22,6 +23,7 @@ from api.routes import architectures, health, internal, jobs, studies
 from api.scheduler import StudyScheduler
 from api.schema_limits import document_limits
 from api.sse import document_event_data
+from api.stores import store_from_settings
 from api.study_events import StudyStatusEvent
 from api.sweeper import Sweeper
 from shared.messages import BatchProgress
@@ -56,6 +58,7 @@ def create_app(
     engine: Engine | None = None,
     dispatcher: Dispatcher | None = None,
     rate_limiter: RateLimiter | None = None,
+    store: ArtifactStore | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -70,8 +73,11 @@ def create_app(
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
     app.state.rate_limiter = rate_limiter or make_rate_limiter(settings)
+    app.state.store = store or store_from_settings(settings)
     app.add_middleware(NulInUrl)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_request_bytes, own_limits=internal.OWN_BODY_LIMITS
+    )
     install_metrics(app)
     install_error_handlers(app)
     for module in (jobs, studies, architectures, health):

@@ -246,7 +246,8 @@ class TrialRow(SQLModel, table=True):
 
 
 class SchedulerLease(SQLModel, table=True):
-    """Who runs a singleton loop (the study scheduler) among the API processes, until when."""
+    """Who runs a singleton loop (the dispatch sweep, the study scheduler) among the API
+    processes, until when."""
 
     __tablename__ = "scheduler_leases"
 

@@ -38,6 +38,7 @@ PROBLEM_DESCRIPTIONS = {
     413: "The request body is too large",
     422: "The request is not valid; `errors` names each bad field and what is allowed",
     429: "Too many requests or jobs; retry after `Retry-After` seconds",
+    503: "A service the API relies on is unavailable; retry later",
 }
 PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},

@@ -19,7 +19,13 @@ class Settings(BaseSettings):
     # The broker queue training jobs go through; workers listen on the same one.
     queue: str = Field(default="training", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     data_dir: Path = DEFAULT_VAR_DIR / "data"
+    # The API's checkpoint store: a bucket, s3://bucket/prefix (endpoint and credentials
+    # from boto3's own AWS_* variables), or, when empty, the folder artifact_dir.
+    artifact_url: str = ""
     artifact_dir: Path = DEFAULT_VAR_DIR / "artifacts"
+    # The worker's own folder: checkpoints it writes before uploading them, and the one it
+    # downloads to resume from. Never read by the API.
+    worker_dir: Path = DEFAULT_VAR_DIR / "worker"
     api_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")
     worker_token: str = ""
     # The bearer token Prometheus sends to GET /metrics; apart from the tenants' keys and the
@@ -29,8 +35,10 @@ class Settings(BaseSettings):
     # The tenant key the `tunelab` client commands send (TUNELAB_API_KEY).
     api_key: str = ""
 
-    # How long a claimed attempt stays leased without a heartbeat or a post.
-    lease_seconds: float = Field(default=120.0, gt=0)
+    # How long a claimed attempt stays leased without a heartbeat or a post. With the 3 s
+    # heartbeat a live attempt renews it ten times over; a dead worker's job is queued again
+    # within the lease and one sweep, and trains again within 45 s of the worker's death.
+    lease_seconds: float = Field(default=30.0, gt=0)
     # Heartbeats renew the lease and bring back news of a cancel: a cancelled job stops
     # within about this long.
     heartbeat_seconds: float = Field(default=3.0, gt=0)
@@ -71,6 +79,9 @@ class Settings(BaseSettings):
     # Limits that protect the service from any one client, enforced on every request.
     # A request body larger than this is refused (413) before it is read in full.
     max_request_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A checkpoint a worker uploads has a limit of its own (413 beyond): it is streamed to
+    # disk, never held in memory. At most 2 GiB, the largest size its 32-bit column records.
+    max_checkpoint_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=2**31 - 1)
     # Queued plus running jobs one tenant may have; one more is refused (429).
     max_concurrent_jobs: int = Field(default=8, ge=1)
     # Requests one API key may make to the /v1 routes in any minute, a moving window (429
@@ -83,6 +94,13 @@ class Settings(BaseSettings):
     # Where the rate limits count: empty counts in this process (one API process, the
     # embedded default); a redis:// URL shares the counts between API processes (production).
     rate_limit_url: str = ""
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _s3_or_empty(cls, value: str) -> str:
+        if value and not (value.startswith("s3://") and value[len("s3://") :].split("/")[0]):
+            raise ValueError("must be empty (the folder artifact_dir) or s3://bucket[/prefix]")
+        return value
 
     @field_validator("rate_limit_url")
     @classmethod

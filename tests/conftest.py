@@ -1,7 +1,10 @@
+from collections.abc import Iterator
+
 import pytest
 
 from shared.settings import Settings
 from tests.figures import FIGURES
+from tests.moto_server import S3Server, moto_s3
 
 
 @pytest.fixture
@@ -13,6 +16,7 @@ def settings(tmp_path) -> Settings:
         broker_folder=tmp_path / "broker",
         data_dir=tmp_path / "data",
         artifact_dir=tmp_path / "artifacts",
+        worker_dir=tmp_path / "worker",
         worker_token="test-worker-token",
     )
 
@@ -22,3 +26,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's standalone S3 server, one process for the whole run; tests take a bucket each."""
+    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server

@@ -2,15 +2,22 @@
 cancels and shutdowns.
 
 Epoch reports go into an outbox that a sender thread delivers in order, retrying while
-the API is unreachable, so training does not wait on the network; heartbeats renew the
-lease through long epochs, carry the newest progress within the epoch and bring back
-news of a cancel.
+the API is unreachable, so training does not wait on the network; each epoch's checkpoint
+is uploaded just before its epoch is posted. Heartbeats renew the lease through long epochs
+(uploads included), carry the newest progress within the epoch and bring back news of a
+cancel.
+
+A checkpoint that cannot be uploaded (refused, unreadable, or the API unreachable for the
+whole retry window) never costs the epoch: the epoch is posted without it, and the job
+resumes, if it must, from the newest checkpoint that did arrive.
 """
 
 import logging
 import os
 import queue
 import threading
+from pathlib import Path
+from typing import Any
 
 from shared.messages import (
     BatchProgress,
@@ -25,18 +32,37 @@ from shared.messages import (
     JobError,
     JobResult,
 )
-from worker import shutdown
+from worker import checkpoint_transfer, shutdown
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 
 log = logging.getLogger(__name__)
 
 AttemptMessage = Heartbeat | EpochReport | FinishReport | HandBack
+# The API's answers to an epoch post whose checkpoint it will not record (not uploaded, or
+# not as recorded): the epoch itself is still worth posting.
+CHECKPOINT_PROBLEMS = {
+    "urn:tunelab:problem:checkpoint-not-stored",
+    "urn:tunelab:problem:checkpoint-refused",
+}
+
+
+def _problem_type(body: Any) -> str | None:
+    return body.get("type") if isinstance(body, dict) else None
 
 
 class AttemptReporter:
-    def __init__(self, client: ApiClient, claim: Claim, heartbeat_seconds: float) -> None:
+    def __init__(
+        self,
+        client: ApiClient,
+        claim: Claim,
+        heartbeat_seconds: float,
+        checkpoint_folder: Path | None = None,
+    ) -> None:
         self.client = client
         self.claim = claim
+        # Where the trainer writes this job's checkpoints, to be uploaded from; None
+        # posts the records as they are.
+        self.checkpoint_folder = checkpoint_folder
         self.cancelled = threading.Event()
         # The study's pruner stopped this trial; the API has already ended the job.
         self.pruned = threading.Event()
@@ -75,18 +101,18 @@ class AttemptReporter:
     def token(self) -> str:
         return self.claim.lease_token
 
+    def _lose(self, refused: ApiRefused) -> None:
+        log.warning(
+            "job %s attempt %d lost its lease: %s", self.job_id, self.claim.attempt, refused.body
+        )
+        self.lost.set()
+
     def _post(self, route: str, body: AttemptMessage, retry_seconds: float | None = None) -> None:
         try:
             answer = self.client.attempt_post(self.job_id, route, body, retry_seconds)
         except ApiRefused as refused:
             if refused.status == 409:
-                log.warning(
-                    "job %s attempt %d lost its lease: %s",
-                    self.job_id,
-                    self.claim.attempt,
-                    refused.body,
-                )
-                self.lost.set()
+                self._lose(refused)
                 return
             raise
         if answer.cancelled:
@@ -118,8 +144,10 @@ class AttemptReporter:
             try:
                 if report is None:
                     return
+                if not self.lost.is_set():
+                    report = self._upload_checkpoint(report)
                 if not self.lost.is_set():  # else another attempt reports its own epochs
-                    self._post("epochs", report)
+                    self._post_epoch(report)
             except (ApiUnreachable, ApiRefused) as error:
                 # Unreachable for the whole retry window: the lease has run out by now.
                 epoch = report.metrics.epoch if report is not None else None
@@ -128,6 +156,50 @@ class AttemptReporter:
             finally:
                 # Counted done whatever happened, so flush() never waits on a report forever.
                 self._outbox.task_done()
+
+    def _upload_checkpoint(self, report: EpochReport) -> EpochReport:
+        """The report as it is once its checkpoint is in the API's store, or without the
+        checkpoint if that cannot be (the epoch is kept either way)."""
+        record = report.checkpoint
+        if record is None or self.checkpoint_folder is None:
+            return report
+        try:
+            checkpoint_transfer.upload(
+                self.client, self.claim, self.checkpoint_folder / record.name, record
+            )
+            return report
+        except ApiRefused as refused:
+            if refused.status == 409:
+                self._lose(refused)
+                return report
+            problem = f"refused: {refused}"
+        except ApiUnreachable as unreachable:
+            problem = str(unreachable)
+        except OSError as error:
+            problem = f"unreadable: {error}"
+        log.error(
+            "job %s: checkpoint %s not uploaded (%s); epoch %d is posted without it",
+            self.job_id,
+            record.name,
+            problem,
+            report.metrics.epoch,
+        )
+        return report.model_copy(update={"checkpoint": None})
+
+    def _post_epoch(self, report: EpochReport) -> None:
+        try:
+            self._post("epochs", report)
+        except ApiRefused as refused:
+            if report.checkpoint is None or _problem_type(refused.body) not in CHECKPOINT_PROBLEMS:
+                raise
+            log.error(
+                "job %s: checkpoint %s not recorded (%s); epoch %d is posted without it",
+                self.job_id,
+                report.checkpoint.name,
+                refused,
+                report.metrics.epoch,
+            )
+            self._post("epochs", report.model_copy(update={"checkpoint": None}))
 
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or self.pruned.is_set() or self.lost.is_set()

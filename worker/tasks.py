@@ -3,12 +3,14 @@
 import logging
 import os
 import socket
+from pathlib import Path
 
 from shared.broker import TRAIN_TASK
 from shared.messages import Claim, FinishStatus, JobError, JobResult
 from shared.settings import Settings, get_settings
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 from worker.celery_app import app
+from worker.checkpoint_transfer import Downloader
 from worker.reporter import AttemptReporter
 from worker.runtime import mnist_on_device
 from worker.shutdown import handing_back_on_sigterm
@@ -73,27 +75,48 @@ def run_attempt(job_id: str, settings: Settings) -> None:
             )
             return
         log.info("job %s: attempt %d started", job_id, claim.attempt)
-        with AttemptReporter(client, claim, settings.heartbeat_seconds) as reporter:
-            try:
-                _train_and_report(claim, reporter, settings)
-            except (ApiUnreachable, ApiRefused) as error:
-                # The attempt's last word (finish or hand-back) never arrived: its lease runs
-                # out and the API's sweep queues the job again, to resume from the last
-                # checkpoint the API recorded.
-                log.error(
-                    "job %s: attempt %d could not report how it ended: %s; the API queues "
-                    "it again once its lease runs out",
-                    job_id,
-                    claim.attempt,
-                    error,
-                )
+        checkpointing = Checkpointing(local_checkpoints(settings), job_id)
+        try:
+            with AttemptReporter(
+                client, claim, settings.heartbeat_seconds, checkpointing.folder
+            ) as reporter:
+                try:
+                    _train_and_report(claim, reporter, checkpointing, client, settings)
+                except (ApiUnreachable, ApiRefused) as error:
+                    # The attempt's last word (finish or hand-back) never arrived: its lease
+                    # runs out and the API's sweep queues the job again, to resume from the
+                    # last checkpoint the API recorded.
+                    log.error(
+                        "job %s: attempt %d could not report how it ended: %s; the API "
+                        "queues it again once its lease runs out",
+                        job_id,
+                        claim.attempt,
+                        error,
+                    )
+        finally:
+            # Everything in it was uploaded (or given up on) once the reporter has closed;
+            # an attempt that resumes the job downloads what it needs from the API.
+            checkpointing.discard()
     finally:
         client.close()
 
 
-def _train_and_report(claim: Claim, reporter: AttemptReporter, settings: Settings) -> None:
+def local_checkpoints(settings: Settings) -> Path:
+    """The worker's checkpoint folder: a sub-folder of its own, so that even a worker_dir
+    set to the API's artifact_dir never touches the API's files."""
+    return settings.worker_dir / "checkpoints"
+
+
+def _train_and_report(
+    claim: Claim,
+    reporter: AttemptReporter,
+    checkpointing: Checkpointing,
+    client: ApiClient,
+    settings: Settings,
+) -> None:
     """Trains the claimed attempt and reports how it ended; raises ApiUnreachable or
-    ApiRefused if that report cannot be delivered."""
+    ApiRefused if that report cannot be delivered (or the checkpoint to resume from cannot
+    be downloaded)."""
     job_id = claim.job_id
     try:
         # Decided once for the job, and passed down to everything that trains or evaluates.
@@ -105,8 +128,7 @@ def _train_and_report(claim: Claim, reporter: AttemptReporter, settings: Setting
             curve = lr_range_test(claim.spec, data, reporter, hardware)
             result = JobResult(lr_range_test=curve)
         else:
-            checkpointing = Checkpointing(settings.artifact_dir, job_id)
-            newest = checkpointing.newest_usable(claim.checkpoints)
+            newest = checkpointing.newest_usable(claim.checkpoints, Downloader(client, job_id))
             if newest is not None:
                 log.info("job %s: resuming from %s", job_id, newest[0].name)
             resume = newest[1] if newest is not None else None
@@ -120,6 +142,11 @@ def _train_and_report(claim: Claim, reporter: AttemptReporter, settings: Setting
         )
         reporter.hand_back(retry_seconds=settings.handback_grace_seconds)
         return
+    except ApiUnreachable:
+        # The API went away while the checkpoint to resume from was downloading: that is no
+        # reason to fail the job, and the API could not be told anything else either.
+        log.error("job %s: the checkpoint to resume from could not be downloaded", job_id)
+        raise
     except TrainingStopped:
         log.info("job %s: attempt %d stopped (%s)", job_id, claim.attempt, reporter.stop_reason())
         if reporter.cancelled.is_set():

@@ -1,12 +1,31 @@
-"""Worker routes: claim a job, post epochs, heartbeat, finish. Not part of the public contract.
+"""Worker routes: claim a job, upload checkpoints, post epochs, heartbeat, finish, and
+download a checkpoint to resume from. Not part of the public contract.
 
 Every post names its attempt and lease token; the answer tells the worker whether
 the job was cancelled. A repeated post (after a timeout) changes nothing.
 """
 
-from fastapi import APIRouter, Request
+import re
+from typing import Annotated
 
-from api.deps import DispatcherDep, SessionDep, SettingsDep, WorkerRoute, wake_scheduler
+from fastapi import APIRouter, Header, Path, Request, Response, status
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api import checkpoint_uploads
+from api.artifact_store import PLAIN_NAME
+from api.checkpoint_downloads import checkpoint_response
+from api.checkpoint_records import require_stored
+from api.checkpoint_uploads import UploaderDep, check_sha256
+from api.deps import (
+    DispatcherDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    WorkerRoute,
+    wake_scheduler,
+)
+from api.errors import CheckpointNotFound
 from api.ledger import (
     claim_job,
     dispatch,
@@ -16,15 +35,18 @@ from api.ledger import (
     record_progress,
     release_job,
     renew_lease,
+    require_own_path,
 )
 from api.metrics import attempt_started, epoch_recorded
 from api.models import Job, JobStatus
 from api.problem_docs import problem_responses
-from api.reads import checkpoints_of
+from api.reads import checkpoint_named, checkpoints_of
 from api.trial_pruning import prune_after_epoch
 from shared.messages import (
+    CHECKPOINT_SHA256_HEADER,
     AttemptAnswer,
     CheckpointRecord,
+    CheckpointStored,
     Claim,
     ClaimRequest,
     EpochReport,
@@ -43,6 +65,12 @@ router = APIRouter(
     route_class=WorkerRoute,
     responses=problem_responses(409, 429),
 )
+
+CheckpointName = Annotated[str, Path(max_length=200, pattern=PLAIN_NAME)]
+# The upload streams its body and limits it itself (max_checkpoint_bytes), in place of the
+# limit every other request body gets (max_request_bytes).
+OWN_BODY_LIMITS = [("PUT", re.compile(r"/internal/v1/jobs/[^/]+/checkpoints/[^/]+"))]
+OCTET_STREAM = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 CANCELLED = AttemptAnswer(cancelled=True)
 PRUNED = AttemptAnswer(cancelled=False, pruned=True)
@@ -89,11 +117,17 @@ def post_epoch(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    store: StoreDep,
 ) -> AttemptAnswer:
-    """Record an epoch's metrics and checkpoint; renews the lease."""
+    """Record an epoch's metrics and its checkpoint (uploaded before); renews the lease."""
     job = holding_attempt(session, job_id, report)
     if (stop := _stop_answer(job)) is not None:
         return stop
+    if report.checkpoint is not None:
+        require_own_path(job.id, report.checkpoint)
+        # Only a checkpoint the store holds with those bytes is recorded (422 otherwise):
+        # a record the API could not serve would be a resume point that is not there.
+        require_stored(store, job.id, report.checkpoint)
     # A repeated post (record_epoch keeps the first) is not observed twice.
     new_epoch = record_epoch(session, job, report.attempt, report.metrics, report.checkpoint)
     renew_lease(job, settings.lease_seconds)
@@ -151,3 +185,76 @@ def release(
     session.commit()
     dispatch(session, dispatcher, job_id)
     return CARRY_ON
+
+
+@router.put(
+    "/{job_id}/checkpoints/{name}",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CheckpointStored,
+    responses={
+        200: {"model": CheckpointStored, "description": "Already stored, byte for byte"},
+        **problem_responses(400, 413, 422, 503),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The checkpoint file, exactly as the worker wrote it",
+            "content": OCTET_STREAM,
+        }
+    },
+)
+async def upload_checkpoint(
+    job_id: str,
+    name: CheckpointName,
+    request: Request,
+    response: Response,
+    attempt: UploaderDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    sha256: Annotated[
+        str,
+        Header(
+            alias=CHECKPOINT_SHA256_HEADER,
+            pattern=r"^[0-9a-f]{64}$",
+            description="The file's SHA-256, hex; a body that does not match it is refused",
+        ),
+    ],
+    content_length: Annotated[int, Header(ge=0)],
+) -> CheckpointStored:
+    """Store a checkpoint file of the attempt that holds the job; its epoch post records it.
+    The same name and bytes again change nothing (200)."""
+    # Past the worker token, the attempt, the headers and the declared size, all checked
+    # before the body is read; the body then streams to disk, within its own size limit.
+    received = await checkpoint_uploads.receive(
+        request, store.staging_dir, content_length, settings.max_checkpoint_bytes
+    )
+    try:
+        check_sha256(received, sha256)
+        engine = request.app.state.engine
+        created = await run_in_threadpool(
+            checkpoint_uploads.keep, store, engine, job_id, attempt, name, received
+        )
+    finally:
+        received.discard()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return CheckpointStored(name=name, sha256=received.sha256, bytes=received.size)
+
+
+@router.get(
+    "/{job_id}/checkpoints/{name}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": OCTET_STREAM, "description": "The checkpoint file"},
+        **problem_responses(404, 503),
+    },
+)
+def download_checkpoint(
+    job_id: str, name: CheckpointName, session: SessionDep, store: StoreDep
+) -> StreamingResponse:
+    """A recorded checkpoint of the job, for the attempt that resumes from it; check it
+    against X-Checkpoint-SHA256."""
+    row = checkpoint_named(session, job_id, name)
+    if row is None:
+        raise CheckpointNotFound(f"job {job_id} has no checkpoint {name!r}")
+    return checkpoint_response(store, row)

@@ -1,13 +1,12 @@
 """The tenant-facing job routes of API v1."""
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from api.artifacts import remove_job_artifacts
-from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, TenantDep
+from api.checkpoint_downloads import checkpoint_response
+from api.deps import DispatcherDep, JobDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.errors import CheckpointNotFound
 from api.job_events import EVENT_DATA, JobStream, events_description, job_events_since
 from api.ledger import cancel_job, create_job, delete_job, dispatch, request_hash
@@ -178,14 +177,14 @@ def cancel(job: JobDep, session: SessionDep) -> JobPublic:
     response_class=Response,
     responses=problem_responses(409),
 )
-def delete(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+def delete(job: JobDep, session: SessionDep, store: StoreDep) -> Response:
     """Delete an ended job: its metrics, attempts and checkpoint files. A queued or running
     job is refused (409): cancel it first."""
     job_id = job.id
     delete_job(session, job)
     # The rows are gone first: a file left behind by a failed removal is only disk space,
     # while a row without its file would be a checkpoint that cannot be downloaded.
-    remove_job_artifacts(settings.artifact_dir, job_id)
+    store.delete_job(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -200,7 +199,7 @@ def list_checkpoints(job: JobDep, session: SessionDep) -> CheckpointList:
 @router.get(
     "/{job_id}/checkpoints/{name}",
     operation_id="download_checkpoint",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={
         200: {
             "description": "The checkpoint file (a PyTorch state dict, torch.load-able)",
@@ -214,25 +213,18 @@ def list_checkpoints(job: JobDep, session: SessionDep) -> CheckpointList:
                     "required": True,
                 }
             },
-        }
+        },
+        # A bucket store that cannot be reached.
+        **problem_responses(503),
     },
 )
 def download_checkpoint(
-    name: str, job: JobDep, session: SessionDep, settings: SettingsDep
-) -> FileResponse:
+    name: str, job: JobDep, session: SessionDep, store: StoreDep
+) -> StreamingResponse:
     """Download one checkpoint file by its recorded name."""
     row = checkpoint_named(session, job.id, name)
-    missing = CheckpointNotFound(f"job {job.id} has no checkpoint {name!r}")
     if row is None:
-        raise missing
-    root = settings.artifact_dir.resolve()
-    path = (root / row.path).resolve()
-    # Only files inside the artifact root are ever served, whatever a row says.
-    if not path.is_relative_to(root) or not path.is_file():
-        raise missing
-    return FileResponse(
-        Path(path),
-        media_type="application/octet-stream",
-        filename=row.name,
-        headers={"X-Checkpoint-SHA256": row.sha256},
-    )
+        raise CheckpointNotFound(f"job {job.id} has no checkpoint {name!r}")
+    # Streamed from the store by the job and the recorded name, never by the row's path:
+    # nothing outside the job's folder or prefix can be reached, whatever a row says.
+    return checkpoint_response(store, row)

@@ -88,6 +88,7 @@ class Stack:
                 "TUNELAB_QUEUE": self.queue,
                 "TUNELAB_DATA_DIR": str(self.workdir / "data"),
                 "TUNELAB_ARTIFACT_DIR": str(self.workdir / "artifacts"),
+                "TUNELAB_WORKER_DIR": str(self.workdir / "worker"),
                 "TUNELAB_API_URL": self.api_url,
                 "TUNELAB_WORKER_TOKEN": "integration-worker-token",
                 "TUNELAB_HEARTBEAT_SECONDS": "1",
@@ -128,8 +129,9 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_api(self, env: dict[str, str] | None = None) -> Process:
-        process = self.start("api", "api", "--port", str(self.port), env=env)
+    def start_api(self, *args: str, env: dict[str, str] | None = None) -> Process:
+        """Starts `tunelab api --port PORT ARGS` and waits until it answers."""
+        process = self.start("api", "api", "--port", str(self.port), *args, env=env)
 
         def healthy() -> bool:
             if process.popen.poll() is not None:

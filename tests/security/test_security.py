@@ -397,7 +397,7 @@ class TestTraversal:
         assert written == set()
         assert files_in_root == []
         # The refusals did not end the attempt: a proper checkpoint is still recorded.
-        proper = checkpoint_record(job_id, 0)
+        proper = deployment.worker.uploaded_checkpoint(job_id, attempt, 0)
         assert (
             deployment.worker.post_epoch(job_id, attempt, 0, checkpoint=proper).status_code == 200
         )

@@ -121,17 +121,24 @@ class TestCompose:
         assert grace.endswith("s")
         assert float(grace[:-1]) > Settings().handback_grace_seconds
 
-    @pytest.mark.parametrize("variable", ["TUNELAB_DATA_DIR", "TUNELAB_ARTIFACT_DIR"])
-    def test_api_and_worker_share_volumes_at_the_configured_paths(
-        self, compose, services, variable
-    ):
+    def test_api_and_worker_share_the_data_volume_at_the_configured_path(self, compose, services):
         api, worker = services["api"], services["worker"]
-        path = _environment(api)[variable]
-        assert _environment(worker)[variable] == path
+        path = _environment(api)["TUNELAB_DATA_DIR"]
+        assert _environment(worker)["TUNELAB_DATA_DIR"] == path
         source = _mounts(api).get(path)
         assert source, f"api mounts nothing at {path}"
         assert _mounts(worker).get(path) == source
         assert source in (compose.get("volumes") or {}), f"{source} is not a named volume"
+
+    def test_only_the_api_mounts_the_artifact_store(self, compose, services):
+        # Workers upload checkpoints over HTTP: they share no disk with the API.
+        api, worker = services["api"], services["worker"]
+        path = _environment(api)["TUNELAB_ARTIFACT_DIR"]
+        source = _mounts(api).get(path)
+        assert source in (compose.get("volumes") or {}), f"api mounts no named volume at {path}"
+        assert path not in _mounts(worker)
+        assert source not in _mounts(worker).values()
+        assert _environment(worker)["TUNELAB_WORKER_DIR"] != path
 
     def test_migrate_runs_first(self, services):
         assert _argv(services["migrate"]["command"]) == ["tunelab", "db", "upgrade"]

@@ -9,7 +9,8 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 
 class CheckpointUnusable(Exception):
     """Missing, truncated, tampered with, or not a plain tensor checkpoint."""
+
+
+# Brings a recorded checkpoint to the given path (from wherever the records are kept), or
+# raises CheckpointUnusable.
+Fetch = Callable[[CheckpointRecord, Path], None]
 
 
 def load_checkpoint(path: Path, sha256: str) -> dict[str, Any]:
@@ -50,6 +56,14 @@ class Checkpointing:
 
     artifact_root: Path
     job_id: str
+
+    @property
+    def folder(self) -> Path:
+        return self.artifact_root / self.job_id
+
+    def discard(self) -> None:
+        """Removes the job's folder and every checkpoint in it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def write(self, epoch: int, state: dict[str, Any], test_accuracy: float) -> CheckpointRecord:
         name = f"epoch-{epoch:03d}.pt"
@@ -82,16 +96,26 @@ class Checkpointing:
         return path if path.parent == root else None
 
     def newest_usable(
-        self, records: Iterable[CheckpointRecord]
+        self, records: Iterable[CheckpointRecord], fetch: Fetch | None = None
     ) -> tuple[CheckpointRecord, dict[str, Any]] | None:
-        """The newest checkpoint that loads intact; corrupt or missing ones are skipped."""
+        """The newest checkpoint that loads intact; corrupt or missing ones are skipped. One
+        that is not in the folder intact is fetched there first, given a `fetch`."""
         for record in sorted(records, key=lambda record: record.epoch, reverse=True):
             path = self.path_of(record)
             if path is None:
                 log.warning("job %s: checkpoint %s is outside its folder", self.job_id, record.name)
                 continue
             try:
-                return record, load_checkpoint(path, record.sha256)
+                return record, self._load(record, path, fetch)
             except CheckpointUnusable as problem:
                 log.warning("job %s: skipping checkpoint: %s", self.job_id, problem)
         return None
+
+    def _load(self, record: CheckpointRecord, path: Path, fetch: Fetch | None) -> dict[str, Any]:
+        try:
+            return load_checkpoint(path, record.sha256)
+        except CheckpointUnusable:
+            if fetch is None:
+                raise
+        fetch(record, path)
+        return load_checkpoint(path, record.sha256)

@@ -58,7 +58,10 @@ class TestClaim:
         first = worker.attempt(job["id"], "node-1")
         for epoch in range(2):
             worker.post_epoch(
-                job["id"], first, epoch, checkpoint=checkpoint_record(job["id"], epoch)
+                job["id"],
+                first,
+                epoch,
+                checkpoint=worker.uploaded_checkpoint(job["id"], first, epoch),
             )
         worker.release(job["id"], first)
         claim = worker.claim(job["id"], "node-2").json()
@@ -99,7 +102,7 @@ class TestEpochPosts:
         job = submit(client, auth)
         worker = WorkerCalls(client, worker_auth)
         attempt = worker.attempt(job["id"])
-        record = checkpoint_record(job["id"], 0)
+        record = worker.uploaded_checkpoint(job["id"], attempt, 0)
         for _ in range(2):
             response = worker.post_epoch(job["id"], attempt, 0, checkpoint=record)
             assert response.json() == {"cancelled": False, "pruned": False}
@@ -127,13 +130,16 @@ class TestEpochPosts:
         job = submit(client, auth)
         worker = WorkerCalls(client, worker_auth)
         first = worker.attempt(job["id"])
-        worker.post_epoch(job["id"], first, 0, checkpoint=checkpoint_record(job["id"], 0, "a" * 64))
+        original = worker.uploaded_checkpoint(job["id"], first, 0, b"first weights")
+        worker.post_epoch(job["id"], first, 0, checkpoint=original)
         worker.release(job["id"], first)
         second = worker.attempt(job["id"])
-        rewritten = checkpoint_record(job["id"], 0, "b" * 64, size=20)
+        rewritten = worker.uploaded_checkpoint(job["id"], second, 0, b"weights written again")
         assert worker.post_epoch(job["id"], second, 0, checkpoint=rewritten).status_code == 200
         items = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()["items"]
-        assert [(item["sha256"], item["bytes"]) for item in items] == [("b" * 64, 20)]
+        assert [(item["sha256"], item["bytes"]) for item in items] == [
+            (rewritten["sha256"], rewritten["bytes"])
+        ]
         metrics = client.get(f"/v1/jobs/{job['id']}/metrics", headers=auth).json()["items"]
         assert len(metrics) == 1
 

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from api.models import Job, utcnow
 from shared.settings import Settings
 from tests.unit.api.test_jobs_routes import QUICK_JOB, error_fields, submit
-from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
+from tests.unit.api.worker_calls import WorkerCalls
 
 PROGRESS = {
     "phase": "train",
@@ -119,10 +119,10 @@ class TestDelete:
     ):
         job = submit(client, auth, {**QUICK_JOB, "tags": ["gone"]})
         attempt = worker.attempt(job["id"])
+        record = worker.uploaded_checkpoint(job["id"], attempt, 0, b"weights")
+        assert worker.post_epoch(job["id"], attempt, 0, checkpoint=record).status_code == 200
         folder = Path(settings.artifact_dir) / job["id"]
-        folder.mkdir(parents=True)
-        (folder / "epoch-000.pt").write_bytes(b"weights")
-        worker.post_epoch(job["id"], attempt, 0, checkpoint=checkpoint_record(job["id"], 0))
+        assert (folder / "epoch-000.pt").read_bytes() == b"weights"
         worker.finish(job["id"], attempt)
 
         response = client.delete(f"/v1/jobs/{job['id']}", headers=auth)
@@ -155,7 +155,8 @@ class TestCheckpointUrls:
     def test_each_checkpoint_names_its_download(self, client, auth, worker):
         job = submit(client, auth)
         attempt = worker.attempt(job["id"])
-        worker.post_epoch(job["id"], attempt, 0, checkpoint=checkpoint_record(job["id"], 0))
+        record = worker.uploaded_checkpoint(job["id"], attempt, 0)
+        worker.post_epoch(job["id"], attempt, 0, checkpoint=record)
         listing = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()
         assert [c["url"] for c in listing["items"]] == [
             f"/v1/jobs/{job['id']}/checkpoints/epoch-000.pt"

@@ -365,9 +365,8 @@ def jobs_with_history(client, auth, worker_auth, count: int) -> None:
         job_id = submit(client, auth)["id"]
         attempt = worker.attempt(job_id)
         for epoch in range(2):
-            response = worker.post_epoch(
-                job_id, attempt, epoch, checkpoint=checkpoint_record(job_id, epoch)
-            )
+            record = worker.uploaded_checkpoint(job_id, attempt, epoch)
+            response = worker.post_epoch(job_id, attempt, epoch, checkpoint=record)
             assert response.status_code == 200, response.text
 
 

@@ -1,5 +1,6 @@
 """Drives the internal worker routes the way a worker does, for route tests."""
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,42 @@ class WorkerCalls:
         body = {**attempt, "metrics": epoch_metrics(epoch, **metrics), "checkpoint": checkpoint}
         return self.client.post(
             f"/internal/v1/jobs/{job_id}/epochs", json=body, headers=self.headers
+        )
+
+    def upload(
+        self,
+        job_id: str,
+        attempt: dict[str, Any],
+        name: str,
+        payload: bytes,
+        **headers: str,
+    ) -> Any:
+        """PUTs a checkpoint file; `headers` (X_Checkpoint_SHA256="...") override the
+        honest ones, underscores standing for dashes."""
+        sent = {
+            "X-Attempt": str(attempt["attempt"]),
+            "X-Lease-Token": attempt["lease_token"],
+            "X-Checkpoint-SHA256": hashlib.sha256(payload).hexdigest(),
+            **{name.replace("_", "-"): value for name, value in headers.items()},
+        }
+        return self.client.put(
+            f"/internal/v1/jobs/{job_id}/checkpoints/{name}",
+            content=payload,
+            headers={**self.headers, **sent},
+        )
+
+    def uploaded_checkpoint(
+        self, job_id: str, attempt: dict[str, Any], epoch: int, payload: bytes | None = None
+    ) -> dict[str, Any]:
+        """Uploads a checkpoint of `epoch` and returns the record its epoch post carries."""
+        payload = payload if payload is not None else f"weights {job_id} {epoch}".encode()
+        response = self.upload(job_id, attempt, f"epoch-{epoch:03d}.pt", payload)
+        assert response.status_code in (200, 201), response.text
+        return checkpoint_record(job_id, epoch, hashlib.sha256(payload).hexdigest(), len(payload))
+
+    def download(self, job_id: str, name: str) -> Any:
+        return self.client.get(
+            f"/internal/v1/jobs/{job_id}/checkpoints/{name}", headers=self.headers
         )
 
     def heartbeat(

@@ -211,6 +211,7 @@ class TestAJobOnAFreshHost:
             worker_token="worker-token",
             data_dir=data_dir,
             artifact_dir=tmp_path / "artifacts",
+            worker_dir=tmp_path / "worker",
             heartbeat_seconds=60,
         )
 

@@ -1,14 +1,17 @@
+import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from shared.messages import (
     BatchProgress,
+    CheckpointRecord,
     Claim,
     EpochMetrics,
     JobError,
@@ -321,3 +324,152 @@ class TestDescribeFailure:
     def test_other_errors_keep_their_first_line_only(self):
         error = describe_failure(ValueError("bad thing\nTraceback (most recent call last):"))
         assert (error.type, error.message) == ("ValueError", "bad thing")
+
+
+def checkpoint_file(folder: Path, epoch: int = 0) -> CheckpointRecord:
+    """A checkpoint file in the worker's folder, as the trainer leaves it, and its record."""
+    name = f"epoch-{epoch:03d}.pt"
+    payload = f"weights of epoch {epoch}".encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(payload)
+    return CheckpointRecord(
+        name=name,
+        path=f"job_1/{name}",
+        epoch=epoch,
+        test_accuracy=0.9,
+        sha256=hashlib.sha256(payload).hexdigest(),
+        bytes=len(payload),
+    )
+
+
+def uploading_reporter(api: FakeApi, folder: Path, retry_seconds: float = 5.0) -> AttemptReporter:
+    return AttemptReporter(api.client(retry_seconds), claim(), 60, checkpoint_folder=folder)
+
+
+def routes(api: FakeApi) -> list[tuple[str, str]]:
+    return [(r.method, r.url.path.rsplit("/", 1)[1]) for r in api.requests]
+
+
+class TestCheckpointUploads:
+    def test_the_checkpoint_is_uploaded_before_its_epoch_is_posted(self, tmp_path):
+        api = FakeApi(httpx.Response(201, json={}))
+        record = checkpoint_file(tmp_path)
+        with uploading_reporter(api, tmp_path) as reporter:
+            reporter.epoch_finished(metrics(0), record)
+            reporter.flush()
+        assert routes(api) == [("PUT", "epoch-000.pt"), ("POST", "epochs")]
+        upload = api.requests[0]
+        assert upload.url.path == "/internal/v1/jobs/job_1/checkpoints/epoch-000.pt"
+        assert upload.headers["x-attempt"] == "2"
+        assert upload.headers["x-lease-token"] == "t" * 32
+        assert upload.headers["x-checkpoint-sha256"] == record.sha256
+        assert upload.headers["content-length"] == str(record.bytes)
+        assert upload.headers["content-type"] == "application/octet-stream"
+        assert "transfer-encoding" not in upload.headers
+        assert upload.content == (tmp_path / record.name).read_bytes()
+        assert json.loads(api.requests[1].content)["checkpoint"] == record.model_dump()
+
+    def test_an_upload_is_retried_through_an_outage(self, tmp_path):
+        api = FakeApi(httpx.ConnectError("down"), httpx.Response(503), httpx.Response(201))
+        record = checkpoint_file(tmp_path)
+        with uploading_reporter(api, tmp_path) as reporter:
+            reporter.epoch_finished(metrics(0), record)
+            reporter.flush()
+        assert routes(api) == [("PUT", "epoch-000.pt")] * 3 + [("POST", "epochs")]
+        # The whole file each time, not what was left of a stream read once.
+        assert {r.content for r in api.requests[:3]} == {(tmp_path / record.name).read_bytes()}
+        assert json.loads(api.requests[3].content)["checkpoint"]["name"] == "epoch-000.pt"
+
+    @pytest.mark.parametrize(
+        "failures",
+        [
+            [httpx.Response(413, json={"detail": "too large"})],
+            [httpx.Response(422, json={"detail": "sha256 mismatch"})],
+            # Tries at 0, 0.2 and 0.6 s fill the half-second retry window.
+            [httpx.ConnectError("down")] * 3,
+        ],
+        ids=["too-large", "mismatch", "unreachable"],
+    )
+    def test_an_upload_given_up_on_posts_the_epoch_without_it(self, tmp_path, failures):
+        api = FakeApi(*failures)
+        record = checkpoint_file(tmp_path)
+        with uploading_reporter(api, tmp_path, retry_seconds=0.5) as reporter:
+            reporter.epoch_finished(metrics(0), record)
+            reporter.flush()
+            assert not reporter.should_stop()
+        assert routes(api) == [("PUT", "epoch-000.pt")] * len(failures) + [("POST", "epochs")]
+        epoch_post = json.loads(api.requests[-1].content)
+        assert epoch_post["metrics"]["epoch"] == 0
+        assert epoch_post["checkpoint"] is None
+
+    def test_a_checkpoint_file_gone_from_the_folder_posts_the_epoch_without_it(self, tmp_path):
+        api = FakeApi()
+        record = checkpoint_file(tmp_path)
+        (tmp_path / record.name).unlink()
+        with uploading_reporter(api, tmp_path) as reporter:
+            reporter.epoch_finished(metrics(0), record)
+            reporter.flush()
+        assert routes(api) == [("POST", "epochs")]
+        assert api.bodies()[0]["checkpoint"] is None
+
+    def test_an_upload_refused_as_stale_stops_training_and_posts_nothing(self, tmp_path):
+        api = FakeApi(httpx.Response(409, json={"detail": "stale"}))
+        with uploading_reporter(api, tmp_path) as reporter:
+            reporter.epoch_finished(metrics(0), checkpoint_file(tmp_path))
+            reporter.flush()
+            assert reporter.lost.is_set() and reporter.should_stop()
+        assert routes(api) == [("PUT", "epoch-000.pt")]
+
+    def test_an_epoch_whose_checkpoint_is_not_recorded_is_posted_again_without_it(self, tmp_path):
+        refusal = {"type": "urn:tunelab:problem:checkpoint-not-stored", "detail": "not stored"}
+        api = FakeApi(httpx.Response(201), httpx.Response(422, json=refusal))
+        with uploading_reporter(api, tmp_path) as reporter:
+            reporter.epoch_finished(metrics(0), checkpoint_file(tmp_path))
+            reporter.flush()
+            assert not reporter.should_stop()
+        assert routes(api) == [("PUT", "epoch-000.pt"), ("POST", "epochs"), ("POST", "epochs")]
+        posts = [json.loads(request.content) for request in api.requests[1:]]
+        assert [post["checkpoint"] is None for post in posts] == [False, True]
+
+    def test_an_upload_does_not_hold_up_the_heartbeat(self, tmp_path):
+        upload_started, beat_during_upload = threading.Event(), threading.Event()
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            if request.method == "PUT":
+                upload_started.set()
+                # The upload lasts until a heartbeat got through beside it.
+                assert beat_during_upload.wait(5)
+                return httpx.Response(201)
+            if request.url.path.endswith("/heartbeat") and upload_started.is_set():
+                beat_during_upload.set()
+            return httpx.Response(200, json={"cancelled": False})
+
+        client = ApiClient("http://api", "t", transport=httpx.MockTransport(answer))
+        record = checkpoint_file(tmp_path)
+        with AttemptReporter(client, claim(), 0.02, checkpoint_folder=tmp_path) as reporter:
+            reporter.epoch_finished(metrics(0), record)
+            reporter.flush()
+        assert beat_during_upload.is_set()
+
+
+class TestFileTransfers:
+    def test_a_download_lands_whole_with_its_sha256(self, tmp_path):
+        payload = b"x" * (3 * 1024 * 1024 + 5)
+        api = FakeApi(httpx.Response(503), httpx.Response(200, content=payload))
+        target = tmp_path / "epoch-000.pt"
+        assert api.client().get_file("/f", target) == hashlib.sha256(payload).hexdigest()
+        assert target.read_bytes() == payload
+        assert [p.name for p in tmp_path.iterdir()] == ["epoch-000.pt"]
+
+    def test_a_refused_download_leaves_nothing_behind(self, tmp_path):
+        api = FakeApi(httpx.Response(404, json={"detail": "no such checkpoint"}))
+        with pytest.raises(ApiRefused) as refused:
+            api.client().get_file("/f", tmp_path / "epoch-000.pt")
+        assert refused.value.status == 404
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_transfer_gives_up_at_the_deadline_naming_its_method(self, tmp_path):
+        (tmp_path / "f.pt").write_bytes(b"x")
+        api = FakeApi(*[httpx.ConnectError("down")] * 50)
+        with pytest.raises(ApiUnreachable, match="PUT /f failed until the deadline"):
+            api.client(retry_seconds=0.01).put_file("/f", tmp_path / "f.pt", {})

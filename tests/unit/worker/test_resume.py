@@ -124,6 +124,47 @@ class TestResume:
         assert checkpointing.newest_usable([record]) is None
 
 
+class TestFetchingCheckpoints:
+    """Records name checkpoints the worker's folder may not hold: fetched there, then loaded."""
+
+    def written(self, folder: Path, epochs: int) -> list[CheckpointRecord]:
+        checkpointing = Checkpointing(folder, "job")
+        return [checkpointing.write(epoch, {"epoch": epoch}, 0.5) for epoch in range(epochs)]
+
+    def test_a_checkpoint_missing_here_is_fetched_and_loaded(self, tmp_path):
+        records = self.written(tmp_path / "api", 2)
+        fetched: list[str] = []
+
+        def fetch(record: CheckpointRecord, target: Path) -> None:
+            fetched.append(record.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((tmp_path / "api" / record.path).read_bytes())
+
+        newest = Checkpointing(tmp_path / "worker", "job").newest_usable(records, fetch)
+        assert newest is not None and newest[1]["epoch"] == 1
+        assert fetched == ["epoch-001.pt"]
+
+    def test_one_intact_here_is_not_fetched(self, tmp_path):
+        records = self.written(tmp_path, 1)
+
+        def fetch(record: CheckpointRecord, target: Path) -> None:
+            raise AssertionError("fetched a checkpoint the folder holds")
+
+        assert Checkpointing(tmp_path, "job").newest_usable(records, fetch) is not None
+
+    def test_one_that_cannot_be_fetched_is_skipped_for_the_one_before(self, tmp_path):
+        records = self.written(tmp_path / "api", 2)
+
+        def fetch(record: CheckpointRecord, target: Path) -> None:
+            if record.epoch == 1:
+                raise CheckpointUnusable(f"{record.name} could not be downloaded: 404")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((tmp_path / "api" / record.path).read_bytes())
+
+        newest = Checkpointing(tmp_path / "worker", "job").newest_usable(records, fetch)
+        assert newest is not None and newest[0].epoch == 0
+
+
 class TestLoadCheckpoint:
     def test_refuses_bytes_that_do_not_match_the_recorded_sha256(self, tmp_path):
         record = Checkpointing(tmp_path, "job").write(0, {"w": torch.ones(1)}, 0.5)
