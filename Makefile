@@ -44,7 +44,7 @@ fuzz-live: install
 	tests/security/live_schemathesis.sh
 
 test: lint
-	$(BIN)/pytest --ignore=tests/faults
+	$(BIN)/pytest --ignore=tests/faults --durations=15
 
 bench-train: install
 	$(BIN)/tunelab data prepare
