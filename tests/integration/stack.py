@@ -98,19 +98,44 @@ class Stack:
         )
         return env
 
-    def tunelab(self, *args: str, timeout: float = 120) -> str:
-        """Runs one `tunelab` command to completion and returns its output."""
-        result = subprocess.run(
+    def run_tunelab(
+        self,
+        *args: str,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs one `tunelab` command to completion, whatever its exit status."""
+        return subprocess.run(
             [sys.executable, "-m", "cli.main", *args],
             cwd=REPO_ROOT,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
+
+    def tunelab(self, *args: str, timeout: float = 120) -> str:
+        """Runs one `tunelab` command that must succeed and returns its output."""
+        result = self.run_tunelab(*args, timeout=timeout)
         assert result.returncode == 0, f"tunelab {' '.join(args)}: {result.stderr[-2000:]}"
         return result.stdout
+
+    def client_command(
+        self, key: str, *args: str, timeout: float = 180, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A client command as a tenant runs it: with its key, on a terminal wide enough
+        that no table cell wraps (the assertions read whole rows)."""
+        env = {"TUNELAB_API_KEY": key, "COLUMNS": "200"}
+        return self.run_tunelab(*args, timeout=timeout, env=env, stdin=stdin)
+
+    def client(self, key: str, timeout: float = 30) -> httpx.Client:
+        """An HTTP client of the API with a tenant's key."""
+        return httpx.Client(
+            base_url=self.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+        )
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
         """Starts `tunelab ARGS`; `env` overrides settings for this process alone."""

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -66,23 +65,7 @@ LONG = {**SPEC, "name": "client-long", "epochs": 100, "data": {"train_subset": 2
 def tunelab(
     stack: Stack, key: str, *args: str, timeout: float = 180, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=REPO_ROOT,
-        # Wide enough that no table cell wraps: the assertions read whole rows.
-        env={**stack.env(), "TUNELAB_API_KEY": key, "COLUMNS": "200"},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def api(stack: Stack, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    )
+    return stack.client_command(key, *args, timeout=timeout, stdin=stdin)
 
 
 def submitted(stack: Stack, key: str, spec: dict[str, Any], *args: str) -> str:
@@ -92,14 +75,14 @@ def submitted(stack: Stack, key: str, spec: dict[str, Any], *args: str) -> str:
 
 
 def queued(stack: Stack, key: str, spec: dict[str, Any]) -> str:
-    with api(stack, key) as client:
+    with stack.client(key) as client:
         answer = client.post("/v1/jobs", json=spec)
     assert answer.status_code == 201, answer.text
     return str(answer.json()["id"])
 
 
 def job_of(stack: Stack, key: str, job_id: str) -> dict[str, Any]:
-    with api(stack, key) as client:
+    with stack.client(key) as client:
         answer = client.get(f"/v1/jobs/{job_id}")
     assert answer.status_code == 200, answer.text
     return dict(answer.json())

@@ -19,12 +19,6 @@ SMALL_JOB = {
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
-def api(stack: Stack, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=10
-    )
-
-
 def poll_until_finished(client: httpx.Client, job_id: str, timeout: float = 180) -> dict:
     def finished() -> dict | None:
         job = client.get(f"/v1/jobs/{job_id}").json()
@@ -35,7 +29,7 @@ def poll_until_finished(client: httpx.Client, job_id: str, timeout: float = 180)
 
 class TestJobFlow:
     def test_a_job_trains_and_its_checkpoint_downloads(self, stack: Stack):
-        with api(stack, stack.create_key()) as client:
+        with stack.client(stack.create_key(), timeout=10) as client:
             created = client.post("/v1/jobs", json=SMALL_JOB)
             assert created.status_code == 201, created.text
             assert created.json()["status"] == "queued"
@@ -64,7 +58,7 @@ class TestJobFlow:
     # On the embedded stack only: the progress path is the same code on both.
     def test_a_running_job_shows_its_progress_within_the_epoch(self, embedded_stack: Stack):
         stack = embedded_stack
-        with api(stack, stack.create_key()) as client:
+        with stack.client(stack.create_key(), timeout=10) as client:
             long_job = {**SMALL_JOB, "name": "progress", "epochs": 60}
             job_id = client.post("/v1/jobs", json=long_job).json()["id"]
             progress = wait_until(
@@ -93,7 +87,7 @@ class TestJobFlow:
             client.post(f"/v1/jobs/{job_id}/cancel")
 
     def test_a_running_job_is_cancelled_and_stops(self, stack: Stack):
-        with api(stack, stack.create_key()) as client:
+        with stack.client(stack.create_key(), timeout=10) as client:
             long_job = {**SMALL_JOB, "name": "long", "epochs": 60}
             job_id = client.post("/v1/jobs", json=long_job).json()["id"]
             wait_until(

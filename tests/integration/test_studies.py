@@ -23,12 +23,6 @@ BASE = {
 ENDED = {"succeeded", "failed", "cancelled"}
 
 
-def api(stack: Stack, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    )
-
-
 def create(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     response = client.post("/v1/studies", json=body)
     assert response.status_code == 201, response.text
@@ -51,7 +45,7 @@ def trials(client: httpx.Client, study_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_grid_runs_exactly_its_four_specs(stack: Stack):
-    with api(stack, stack.create_key()) as client:
+    with stack.client(stack.create_key()) as client:
         study = create(
             client,
             {
@@ -88,7 +82,7 @@ def test_a_grid_runs_exactly_its_four_specs(stack: Stack):
 
 def test_hopeless_learning_rates_are_pruned_before_their_last_epoch(production_stack: Stack):
     stack = production_stack
-    with api(stack, stack.create_key()) as client:
+    with stack.client(stack.create_key()) as client:
         study = create(
             client,
             {
@@ -124,7 +118,7 @@ def test_hopeless_learning_rates_are_pruned_before_their_last_epoch(production_s
 
 def test_an_infeasible_trial_never_reaches_a_worker(production_stack: Stack):
     stack = production_stack
-    with api(stack, stack.create_key()) as client:
+    with stack.client(stack.create_key()) as client:
         study = create(
             client,
             {
@@ -153,7 +147,7 @@ def test_an_api_killed_mid_study_resumes_it_without_losing_or_repeating_a_trial(
 ):
     stack = production_stack
     max_trials = 6
-    with api(stack, stack.create_key()) as client:
+    with stack.client(stack.create_key()) as client:
         study = create(
             client,
             {
@@ -193,7 +187,7 @@ def test_an_api_killed_mid_study_resumes_it_without_losing_or_repeating_a_trial(
 
 def test_cancel_ends_every_trial_and_starts_no_other(production_stack: Stack):
     stack = production_stack
-    with api(stack, stack.create_key()) as client:
+    with stack.client(stack.create_key()) as client:
         study = create(
             client,
             {
@@ -229,8 +223,8 @@ def test_cancel_ends_every_trial_and_starts_no_other(production_stack: Stack):
 def test_another_tenant_gets_404_on_every_study_route(production_stack: Stack):
     stack = production_stack
     with (
-        api(stack, stack.create_key("owner")) as owner,
-        api(stack, stack.create_key("stranger")) as stranger,
+        stack.client(stack.create_key("owner")) as owner,
+        stack.client(stack.create_key("stranger")) as stranger,
     ):
         study = create(
             owner,
@@ -260,7 +254,7 @@ def test_two_api_processes_schedule_one_study_once(production_stack: Stack):
         second.start_api()
         key = stack.create_key()
         max_trials = 6
-        with api(stack, key) as first_client, api(second, key) as second_client:
+        with stack.client(key) as first_client, second.client(key) as second_client:
             study = create(
                 second_client,
                 {

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import optuna
 import pytest
 
@@ -36,22 +35,7 @@ OPTUNA_STATES = {"succeeded": "COMPLETE", "pruned": "PRUNED"}
 def study_command(
     stack: Stack, key: str, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "study", *args],
-        cwd=REPO_ROOT,
-        # Wide enough that no table cell wraps: the assertions read whole rows.
-        env={**stack.env(), "TUNELAB_API_KEY": key, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def api(stack: Stack, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    )
+    return stack.client_command(key, "study", *args, timeout=timeout)
 
 
 def load_export(path: Path, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -72,7 +56,7 @@ def test_create_watch_show_trials_export_and_cancel(production_stack: Stack, tmp
     assert f"study {study_id} succeeded" in created.stderr
     assert "trial 0 " in created.stderr and "trial 1 " in created.stderr
 
-    with api(stack, key) as client:
+    with stack.client(key) as client:
         study = client.get(f"/v1/studies/{study_id}").json()
         trials = client.get(f"/v1/studies/{study_id}/trials").json()["items"]
         metrics = {
@@ -103,7 +87,7 @@ def test_create_watch_show_trials_export_and_cancel(production_stack: Stack, tmp
     ranked = study_command(stack, key, "trials", study_id, "--order", "value")
     assert ranked.returncode == 0, ranked.stderr
     rows = [line.split() for line in ranked.stdout.splitlines()[2:] if line.strip()]
-    with api(stack, key) as client:
+    with stack.client(key) as client:
         by_value = client.get(f"/v1/studies/{study_id}/trials", params={"order": "value"})
     expected = [
         [str(t["number"]), t["state"], f"{t['value']:.4f}", f"{t['epochs_completed']}/2"]
@@ -149,7 +133,7 @@ def test_cancel_and_watch_a_running_study(production_stack: Stack, tmp_path: Pat
     study_id = created.stdout.strip()
 
     def trial_running() -> bool:
-        with api(stack, key) as client:
+        with stack.client(key) as client:
             items = client.get(f"/v1/studies/{study_id}/trials").json()["items"]
         return any(t["state"] == "running" for t in items)
 
