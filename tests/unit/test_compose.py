@@ -16,6 +16,7 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+S3_OVERRIDE = ROOT / "docker-compose.s3.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SERVICES = {"postgres", "redis", "migrate", "api", "worker"}
 
@@ -63,8 +64,10 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 class TestCompose:
-    def test_has_the_five_services(self, services):
-        assert set(services) >= SERVICES
+    def test_has_the_five_services_and_prometheus_behind_a_profile(self, services):
+        always = {name for name, service in services.items() if not service.get("profiles")}
+        assert always == SERVICES
+        assert services["prometheus"]["profiles"] == ["metrics"]
 
     def test_tunelab_commands_parse_with_the_cli(self, services):
         commands = {
@@ -121,14 +124,28 @@ class TestCompose:
         assert grace.endswith("s")
         assert float(grace[:-1]) > Settings().handback_grace_seconds
 
-    def test_api_and_worker_share_the_data_volume_at_the_configured_path(self, compose, services):
+    def test_the_worker_prepares_mnist_in_a_volume_of_its_own(self, compose, services):
+        # A worker on another node has no disk in common with the API, and this one neither.
         api, worker = services["api"], services["worker"]
-        path = _environment(api)["TUNELAB_DATA_DIR"]
-        assert _environment(worker)["TUNELAB_DATA_DIR"] == path
-        source = _mounts(api).get(path)
-        assert source, f"api mounts nothing at {path}"
-        assert _mounts(worker).get(path) == source
-        assert source in (compose.get("volumes") or {}), f"{source} is not a named volume"
+        path = _environment(worker)["TUNELAB_DATA_DIR"]
+        source = _mounts(worker).get(path)
+        assert source in (compose.get("volumes") or {}), f"worker mounts no named volume at {path}"
+        assert source not in _mounts(api).values()
+
+    def test_the_api_runs_two_processes_and_the_worker_one_per_gpu(self, services):
+        assert _parses(_argv(services["api"]["command"])).workers == 2
+        assert _parses(_argv(services["worker"]["command"])).gpus == "all"
+        devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+        assert [device["count"] for device in devices] == ["all"]
+
+    def test_prometheus_scrapes_the_api_with_the_metrics_token(self, compose, services):
+        config = yaml.safe_load(compose["configs"]["prometheus"]["content"])
+        (scrape,) = config["scrape_configs"]
+        assert scrape["metrics_path"] == "/metrics"
+        assert scrape["authorization"]["credentials"].startswith("${TUNELAB_METRICS_TOKEN")
+        port = _parses(_argv(services["api"]["command"])).port
+        assert scrape["static_configs"][0]["targets"] == [f"api:{port}"]
+        assert "TUNELAB_METRICS_TOKEN" in _environment(services["api"])
 
     def test_only_the_api_mounts_the_artifact_store(self, compose, services):
         # Workers upload checkpoints over HTTP: they share no disk with the API.
@@ -164,3 +181,48 @@ class TestDockerfile:
         args = _parses(argv)
         assert args.command == "api"
         assert args.host == "0.0.0.0"
+
+
+@pytest.fixture(scope="module")
+def override() -> dict[str, Any]:
+    return yaml.safe_load(S3_OVERRIDE.read_text())
+
+
+class TestS3Override:
+    def test_points_the_api_at_the_bucket_it_makes(self, override):
+        services = override["services"]
+        env = _environment(services["api"])
+        bucket = env["TUNELAB_ARTIFACT_URL"].removeprefix("s3://").split("/")[0]
+        assert env["TUNELAB_ARTIFACT_URL"].startswith("s3://")
+        made = " ".join(services["bucket"]["entrypoint"])
+        assert f"mc mb --ignore-existing store/{bucket}" in made
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert services["api"]["depends_on"]["bucket"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+    def test_credentials_are_the_ones_minio_starts_with(self, override):
+        services = override["services"]
+        api, minio = _environment(services["api"]), _environment(services["minio"])
+        assert api["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+        assert api["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+
+    def test_only_the_api_is_given_the_store(self, override):
+        assert "worker" not in override["services"]
+
+    def test_the_api_settings_with_the_store_are_valid(self, compose, override, monkeypatch):
+        for key in [k for k in os.environ if k.startswith("TUNELAB_")]:
+            monkeypatch.delenv(key)
+        env = {
+            **_environment(compose["services"]["api"]),
+            **_environment(override["services"]["api"]),
+        }
+        tunelab = {k: v for k, v in env.items() if k.startswith("TUNELAB_")}
+        prefix = len("TUNELAB_")
+        settings = Settings(**{key[prefix:].lower(): value for key, value in tunelab.items()})
+        assert settings.artifact_url == "s3://tunelab/checkpoints"
+
+    def test_the_bucket_is_made_once_minio_is_healthy(self, override):
+        services = override["services"]
+        assert "healthcheck" in services["minio"]
+        assert services["bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
