@@ -85,10 +85,12 @@ def fault_stack(
         )
         stacks.append(stack)
         write_synthetic_mnist(tmp_path / "data", train=TRAIN_IMAGES, test=TEST_IMAGES)
+        # Workers start (PyTorch's slow import) while the schema and the API come up.
+        started = [stack.start_worker(f"worker-{index}", wait=False) for index in range(workers)]
         stack.tunelab("db", "upgrade")
         stack.start_api()
-        for index in range(workers):
-            stack.start_worker(f"worker-{index}")
+        for worker in started:
+            stack.wait_for_worker(worker)
         clients.append(client_for(stack, stack.create_key()))
         return stack, clients[-1]
 

@@ -14,7 +14,7 @@ import psycopg
 import redis
 
 from tests.figures import figure
-from tests.integration.stack import Process, Stack, free_port, wait_until
+from tests.integration.stack import Stack, free_port, wait_until
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -27,15 +27,18 @@ class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         log = (self.workdir / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", ""]
+            # Off only when it listens on a test network: it has no password.
+            + ["--protected-mode", "yes" if self.host == "127.0.0.1" else "no"]
             + ["--appendonly", "no", "--dir", str(self.workdir)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -68,15 +71,6 @@ def kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def kill_group(process: Process) -> None:
-    """SIGKILL a worker with its pool: the node it ran on is gone."""
-    try:
-        os.killpg(process.popen.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.popen.wait(timeout=10)
 
 
 @dataclass

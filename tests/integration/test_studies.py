@@ -1,8 +1,6 @@
 """Studies on real processes: uvicorn, a Celery worker training real trials, PostgreSQL and
 Redis (and the grid once on the embedded default)."""
 
-import os
-import signal
 from typing import Any
 
 import httpx
@@ -167,7 +165,7 @@ def test_an_api_killed_mid_study_resumes_it_without_losing_or_repeating_a_trial(
             "two finished trials",
         )
         api_process = next(p for p in stack.processes if p.name == "api")
-        os.killpg(api_process.popen.pid, signal.SIGKILL)
+        api_process.kill()
         api_process.popen.wait(timeout=10)
         stack.start_api()
         done = wait_for_study(client, study["id"])
