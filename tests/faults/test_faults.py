@@ -150,7 +150,7 @@ def test_sigterm_hands_the_job_back_and_the_next_worker_resumes_it(fault_stack: 
     job_id = client.submit(job_spec(epochs=4))["id"]
     job = client.epochs_done(job_id, 1)
     into_the_epoch(job)
-    worker = stack.processes[-1]
+    worker = stack.workers[-1]
     asked_at = time.monotonic()
     worker.popen.send_signal(signal.SIGTERM)  # to the main process only, as `docker stop` does
     worker.popen.wait(timeout=60)
@@ -182,7 +182,7 @@ def test_redis_killed_and_started_again_with_jobs_queued_and_running(
     client.epochs_done(jobs[0]["id"], 1)  # one running, three waiting in Redis
 
     own_redis.kill()  # and every message it held, since it keeps nothing on disk
-    worker = stack.processes[-1]
+    worker = stack.workers[-1]
     wait_for_log(worker, "Connection to broker lost")
     own_redis.start()
 
@@ -204,7 +204,7 @@ def unanswering_port() -> Iterator[int]:
 
 def test_api_killed_between_storing_a_job_and_ringing_the_broker(fault_stack: StackFactory):
     stack, client = fault_stack(workers=1)
-    first_api = stack.processes[0]
+    first_api = stack.api
     first_api.stop()
     body = job_spec(epochs=2, name="stored-not-sent")
     with unanswering_port() as port:
@@ -334,7 +334,7 @@ def test_cancelled_jobs_are_never_trained_even_across_worker_restarts(
 
     # A running job: it stops within a heartbeat.
     first = running(1, job_ids)
-    worker = stack.processes[-1]
+    worker = stack.workers[-1]
     cancelled_at = time.monotonic()
     assert client.http.post(f"/v1/jobs/{first}/cancel").status_code == 200
     wait_for_log(worker, f"job {first}: attempt 1 stopped (cancelled)", timeout=30)
@@ -380,7 +380,7 @@ def test_the_api_down_for_30_seconds_during_training(fault_stack: StackFactory):
     stack, client = fault_stack(workers=1)
     job_id = client.submit(job_spec(epochs=12))["id"]
     client.epochs_done(job_id, 1)
-    api, worker = stack.processes[0], stack.processes[-1]
+    api, worker = stack.api, stack.workers[-1]
     api.kill()
     epochs_logged_before = worker.log().count(": test accuracy")
     outage_ends = time.monotonic() + API_OUTAGE_SECONDS

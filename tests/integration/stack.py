@@ -71,6 +71,10 @@ class Process:
         self.popen.wait(timeout=10)
 
 
+def _is_api(process: Process) -> bool:
+    return process.name == "api"
+
+
 @dataclass
 class Stack:
     """The environment of one Tunelab deployment, and the processes started in it."""
@@ -201,6 +205,16 @@ class Stack:
 
         wait_until(ready, 90, "the worker to be ready")
 
+    @property
+    def api(self) -> Process:
+        """The API process started last."""
+        return [process for process in self.processes if _is_api(process)][-1]
+
+    @property
+    def workers(self) -> list[Process]:
+        """Every other process, in the order they started."""
+        return [process for process in self.processes if not _is_api(process)]
+
     def create_key(self, tenant: str = "acme") -> str:
         return self.tunelab("keys", "create", tenant).strip().splitlines()[-1]
 
@@ -209,17 +223,14 @@ class Stack:
         the job back to the API. `kill_workers` kills them instead (a test's teardown,
         where nothing reads what a worker does on its way out: Celery's warm shutdown of
         an idle worker takes 4 to 9 s here)."""
-        newest_first = self.processes[::-1]
-        apis = [process for process in newest_first if process.name.startswith("api")]
-        for process in newest_first:
-            if process in apis:
-                continue
+        for process in reversed(self.workers):
             if kill_workers:
                 process.kill()
             else:
                 process.stop()
-        for process in apis:
-            process.stop()
+        for process in reversed(self.processes):
+            if _is_api(process):
+                process.stop()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log()[-4000:]}" for p in self.processes)
