@@ -45,6 +45,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_format: st
             workers=workers,
             log_level="info",
             log_config=log_config(log_format),
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
 
 

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # broker lost the message (a Redis restart without persistence); the wait doubles each
     # time, so a job that is only waiting for a free worker is not sent over and over.
     redispatch_seconds: float = Field(default=300.0, gt=0)
+    # A stopping API waits this long for open requests to end (an event stream ends only
+    # with its job), then cuts them, gives up its leases and exits: well inside the 10 s a
+    # container is given by default. Clients reconnect; workers retry.
+    shutdown_grace_seconds: int = Field(default=5, ge=0)
     # An event stream with nothing to say sends a comment this often, so that proxies and
     # clients that time out idle connections keep it open.
     events_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
