@@ -3,8 +3,10 @@ read; the body is then streamed to the store's staging folder while it is counte
 (never held in memory whole), and kept only if it matches the SHA-256 it was sent with."""
 
 import hashlib
+import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated
@@ -32,6 +34,13 @@ from shared.messages import (
 SHA256_FIELD = json_path(("header", CHECKPOINT_SHA256_HEADER))
 # Received bytes go to disk in pieces this large, not one write per network read.
 WRITE_BYTES = 1024 * 1024
+# How a body being received is named in the staging folder.
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".upload-", ".partial"
+# A body being received is written to at least every WRITE_BYTES; one left untouched this
+# long was abandoned by an API process that died receiving it.
+ABANDONED_AFTER_SECONDS = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 def uploading_attempt(
@@ -82,7 +91,7 @@ async def receive(request: Request, staging: Path, declared: int, limit: int) ->
         raise _too_large(limit)
     # Not deleted on close: on success the store takes the file over.
     handle = tempfile.NamedTemporaryFile(
-        dir=staging, prefix=".upload-", suffix=".partial", delete=False
+        dir=staging, prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX, delete=False
     )
     path = Path(handle.name)
     digest = hashlib.sha256()
@@ -113,6 +122,26 @@ async def receive(request: Request, staging: Path, declared: int, limit: int) ->
         path.unlink(missing_ok=True)
         raise
     return Received(path, digest.hexdigest(), size)
+
+
+def remove_abandoned_uploads(
+    staging: Path, older_than: float = ABANDONED_AFTER_SECONDS, now: float | None = None
+) -> int:
+    """Deletes the partial bodies in `staging` untouched for `older_than` seconds: what a
+    killed API process was receiving (a failed upload removes its own). Other processes'
+    uploads under way are fresh, and the folder's other files are not ours."""
+    cutoff = (time.time() if now is None else now) - older_than
+    removed = 0
+    for path in staging.glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # another API process, starting too, removed it first
+    if removed:
+        log.info("removed %d abandoned checkpoint uploads from %s", removed, staging)
+    return removed
 
 
 def _write_durably(handle: IO[bytes], rest: bytes) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api.artifact_store import ArtifactStore
+from api.checkpoint_uploads import remove_abandoned_uploads
 from api.db import make_engine
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs_pages import install_docs
@@ -39,6 +40,7 @@ Every `/v1` route needs `Authorization: Bearer <api key>` (`tunelab keys create 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    remove_abandoned_uploads(app.state.store.staging_dir)
     sweeper = None
     if settings.sweep_seconds > 0:
         sweeper = Sweeper(app.state.engine, app.state.dispatcher, settings)

@@ -2,6 +2,8 @@
 records an upload, and the tenant's download, against a folder store and an S3 one."""
 
 import hashlib
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -353,3 +355,25 @@ class TestTenantDownload:
         worker.finish(job_id, attempt)
         assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code == 204
         assert any_store.head(job_id, NAME) is None
+
+
+class TestAbandonedUploads:
+    def test_a_killed_processes_partial_body_goes_at_the_next_start_and_nothing_else(
+        self, tmp_path: Path, settings: Settings, engine: Engine
+    ):
+        store = LocalStore(tmp_path / "artifacts")
+        staging = store.staging_dir
+        abandoned = staging / ".upload-killed.partial"
+        under_way = staging / ".upload-receiving.partial"
+        not_ours = staging / "notes.txt"
+        for path in (abandoned, under_way, not_ours):
+            path.write_bytes(b"x")
+        two_hours_ago = time.time() - 7200
+        for path in (abandoned, not_ours):
+            os.utime(path, (two_hours_ago, two_hours_ago))
+
+        app = create_app(settings, engine=engine, dispatcher=RecordingDispatcher(), store=store)
+        with TestClient(app):  # the lifespan's start-up
+            pass
+
+        assert sorted(p.name for p in staging.iterdir()) == [under_way.name, not_ours.name]
