@@ -4,7 +4,7 @@ The machine itself is the API's host: a bridge there carries an address the API 
 redis-server listen on. Each worker host is a namespace with its own network stack and one
 veth link into that bridge, so taking the link down cuts the host off as a pulled cable
 would: nothing reaches it, nothing it sends arrives, and nothing tells either side.
-Making namespaces needs root; `unavailable()` says why they cannot be made.
+Making namespaces needs root; `namespaces_unavailable()` says why they cannot be made.
 """
 
 import ipaddress
@@ -19,7 +19,7 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
 
 
-def unavailable() -> str | None:
+def namespaces_unavailable() -> str | None:
     """Why network namespaces cannot be made here, or None when they can."""
     probe = f"tl-probe-{secrets.token_hex(3)}"
     try:

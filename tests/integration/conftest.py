@@ -3,7 +3,6 @@
 Outside CI a missing service skips these tests; with CI set, it fails them.
 """
 
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -13,16 +12,14 @@ import psycopg
 import pytest
 import redis
 
+from tests.availability import unavailable
 from tests.integration.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
 from tests.integration.stack import Stack
 from tests.mnist_fixtures import write_synthetic_mnist
 
 
 def _unavailable(service: str, error: Exception) -> NoReturn:
-    message = f"{service} is not reachable ({error})"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI needs it for the integration tests")
-    pytest.skip(message)
+    unavailable(f"{service} is not reachable ({error})", "the integration tests")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 render every operation from the API's own assets, and Swagger UI submits a job."""
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
+from tests.availability import unavailable
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -34,10 +34,9 @@ STEP_TIMEOUT_MS = 30_000
 @pytest.fixture
 def chromium() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI needs it for the docs pages' browser test")
-        pytest.skip(message)
+        unavailable(
+            f"{CHROMIUM} is missing (apt-get install chromium)", "the docs pages' browser test"
+        )
     with sync_playwright() as playwright:
         # Chromium's sandbox refuses to run as root, which CI is.
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
