@@ -124,13 +124,11 @@ async def receive(request: Request, staging: Path, declared: int, limit: int) ->
     return Received(path, digest.hexdigest(), size)
 
 
-def remove_abandoned_uploads(
-    staging: Path, older_than: float = ABANDONED_AFTER_SECONDS, now: float | None = None
-) -> int:
-    """Deletes the partial bodies in `staging` untouched for `older_than` seconds: what a
-    killed API process was receiving (a failed upload removes its own). Other processes'
+def remove_abandoned_uploads(staging: Path) -> int:
+    """Deletes the partial bodies in `staging` untouched for ABANDONED_AFTER_SECONDS: what
+    a killed API process was receiving (a failed upload removes its own). Other processes'
     uploads under way are fresh, and the folder's other files are not ours."""
-    cutoff = (time.time() if now is None else now) - older_than
+    cutoff = time.time() - ABANDONED_AFTER_SECONDS
     removed = 0
     for path in staging.glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):
         try:

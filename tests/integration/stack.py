@@ -206,9 +206,14 @@ class Stack:
         wait_until(ready, 90, "the worker to be ready")
 
     @property
+    def apis(self) -> list[Process]:
+        """The API processes, in the order they started."""
+        return [process for process in self.processes if _is_api(process)]
+
+    @property
     def api(self) -> Process:
         """The API process started last."""
-        return [process for process in self.processes if _is_api(process)][-1]
+        return self.apis[-1]
 
     @property
     def workers(self) -> list[Process]:
@@ -228,9 +233,8 @@ class Stack:
                 process.kill()
             else:
                 process.stop()
-        for process in reversed(self.processes):
-            if _is_api(process):
-                process.stop()
+        for process in reversed(self.apis):
+            process.stop()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log()[-4000:]}" for p in self.processes)

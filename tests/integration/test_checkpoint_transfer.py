@@ -133,7 +133,6 @@ def test_a_killed_workers_job_resumes_on_another_node_from_the_downloaded_checkp
         recorded = job_when(client, job_id, "an epoch recorded", lambda job: job["checkpoints"])
         # SIGKILL to the whole node: no goodbye, and its folder is never seen again.
         first.kill()
-        first.popen.wait(timeout=10)
         second = deployment.start_worker("node-2")
         job = job_when(client, job_id, "to finish", lambda job: job["status"] in FINISHED)
         assert job["status"] == "succeeded", stack.logs()
