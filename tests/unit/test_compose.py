@@ -52,6 +52,16 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
     return mounts
 
 
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings a service's TUNELAB_* variables make, and nothing from this machine's."""
+    for key in [k for k in os.environ if k.startswith("TUNELAB_")]:
+        monkeypatch.delenv(key)
+    prefix = len("TUNELAB_")
+    return Settings(
+        **{key[prefix:].lower(): value for key, value in env.items() if key.startswith("TUNELAB_")}
+    )
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     # Read raw: ${VAR:?msg} interpolation is left as text, which is all these checks need.
@@ -104,11 +114,7 @@ class TestCompose:
         assert not unknown, f"unknown variables: {sorted(unknown)}"
 
     def test_service_environment_is_valid_settings(self, services, monkeypatch):
-        for key in [k for k in os.environ if k.startswith("TUNELAB_")]:
-            monkeypatch.delenv(key)
-        env = _environment(services["api"])
-        prefix = len("TUNELAB_")
-        settings = Settings(**{key[prefix:].lower(): value for key, value in env.items()})
+        settings = _settings_from(_environment(services["api"]), monkeypatch)
         assert settings.database_url.startswith("postgresql+psycopg://")
         assert settings.broker_url.startswith("redis://")
 
@@ -211,15 +217,11 @@ class TestS3Override:
         assert "worker" not in override["services"]
 
     def test_the_api_settings_with_the_store_are_valid(self, compose, override, monkeypatch):
-        for key in [k for k in os.environ if k.startswith("TUNELAB_")]:
-            monkeypatch.delenv(key)
         env = {
             **_environment(compose["services"]["api"]),
             **_environment(override["services"]["api"]),
         }
-        tunelab = {k: v for k, v in env.items() if k.startswith("TUNELAB_")}
-        prefix = len("TUNELAB_")
-        settings = Settings(**{key[prefix:].lower(): value for key, value in tunelab.items()})
+        settings = _settings_from(env, monkeypatch)
         assert settings.artifact_url == "s3://tunelab/checkpoints"
 
     def test_the_bucket_is_made_once_minio_is_healthy(self, override):
