@@ -17,7 +17,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['worker']))" > /t
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Editable, so api/migrations.py finds alembic.ini and alembic/ next to the packages in /app.
+# Editable, so api/core/migrations.py finds alembic.ini and alembic/ next to the packages in /app.
 COPY . .
 RUN pip install --no-deps -e ".[worker]"
 

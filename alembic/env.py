@@ -3,8 +3,8 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import api.models  # noqa: F401 - registers the tables on SQLModel.metadata
-from api.db import make_engine
+import api.core.models  # noqa: F401 - registers the tables on SQLModel.metadata
+from api.core.db import make_engine
 from shared.settings import get_settings
 
 config = context.config

@@ -9,24 +9,28 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from api.artifact_store import ArtifactStore
-from api.checkpoint_uploads import remove_abandoned_uploads
-from api.db import make_engine
-from api.dispatch import CeleryDispatcher, Dispatcher
-from api.docs_pages import install_docs
-from api.error_handlers import install_error_handlers
-from api.job_events import StatusEvent
-from api.limits import BodySizeLimit, NulInUrl
-from api.metrics import install_metrics
-from api.problem_docs import document_problems
-from api.rate_limit import RateLimiter, make_rate_limiter
-from api.routes import architectures, health, internal, jobs, studies
-from api.scheduler import StudyScheduler
-from api.schema_limits import document_limits
-from api.sse import document_event_data
-from api.stores import store_from_settings
-from api.study_events import StudyStatusEvent
-from api.sweeper import Sweeper
+from api.architectures import routes as architectures
+from api.artifacts.from_settings import store_from_settings
+from api.artifacts.store import ArtifactStore
+from api.auth.rate_limit import RateLimiter, make_rate_limiter
+from api.core.db import make_engine
+from api.core.dispatch import CeleryDispatcher, Dispatcher
+from api.jobs import routes as jobs
+from api.jobs.events import StatusEvent
+from api.jobs.sweeper import Sweeper
+from api.ops import health
+from api.ops.metrics import install_metrics
+from api.studies import routes as studies
+from api.studies.events import StudyStatusEvent
+from api.studies.scheduler import StudyScheduler
+from api.web.docs_pages import install_docs
+from api.web.error_handlers import install_error_handlers
+from api.web.limits import BodySizeLimit, NulInUrl
+from api.web.problem_docs import document_problems
+from api.web.schema_limits import document_limits
+from api.web.sse import document_event_data
+from api.workers import routes as internal
+from api.workers.uploads import remove_abandoned_uploads
 from shared.messages import BatchProgress
 from shared.settings import Settings, get_settings
 
@@ -85,7 +89,7 @@ def create_app(
     for module in (jobs, studies, architectures, health):
         app.include_router(module.router)
     # Not in /openapi.json: workers are Tunelab's own, and a client generated from the public
-    # document has no use for them (api.worker_document documents them).
+    # document has no use for them (api.workers.document documents them).
     app.include_router(internal.router, include_in_schema=False)
     _document_problems(app)
     install_docs(app)

@@ -2,7 +2,7 @@
 
 Each of the N processes builds the app with `api.main:create_app` and runs its lifespan, so
 each starts a dispatch sweep and a study scheduler; their leases in the database let only one
-process run each loop at a time (api.leases). prometheus-client's multiprocess mode needs a
+process run each loop at a time (api.core.leases). prometheus-client's multiprocess mode needs a
 folder that all N processes share, named before they start and empty: unless the operator set
 PROMETHEUS_MULTIPROC_DIR, `tunelab api` makes a fresh temporary one (under TMPDIR, /tmp by
 default) and removes it when the API stops. A folder the operator set is left as it is: they
@@ -53,8 +53,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_format: st
 def metrics_folder(workers: int) -> Iterator[str | None]:
     """The PROMETHEUS_MULTIPROC_DIR the API processes share: the operator's, or for more than
     one process a fresh temporary folder, removed afterwards; None for one process."""
-    # prometheus-client's own switch, read when it is imported; the name lives in api.metrics.
-    from api.metrics import MULTIPROCESS_ENV
+    # prometheus-client's own switch, read when it is imported; the name lives in api.ops.metrics.
+    from api.ops.metrics import MULTIPROCESS_ENV
 
     chosen = os.environ.get(MULTIPROCESS_ENV)
     if chosen:

@@ -18,7 +18,7 @@ What the file holds:
   FAIL; queued is WAITING and running is RUNNING (a snapshot of a study still going: keeping
   them keeps the numbers equal, and Optuna's plots leave unfinished trials out);
 - intermediate values: the objective's metric at each epoch, at step epoch + 1 (epochs
-  completed, the steps of api/optuna_bridge.py), from the job's metrics. For `reduce: best`
+  completed, the steps of api/studies/optuna_bridge.py), from the job's metrics. For `reduce: best`
   the API's pruner is told the best value so far; the file holds the metric itself, the
   learning curve a user expects in the dashboard;
 - user attrs on each trial: `tunelab_trial` (its number), `job_id`, `state` (Tunelab's),
@@ -47,7 +47,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import TypeAdapter
 
-from api.optuna_bridge import optuna_distribution
+from api.studies.optuna_bridge import optuna_distribution
 from shared.study_spec import CategoricalDistribution, Distribution, Objective, encode_choice
 
 STATES = {

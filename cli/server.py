@@ -38,8 +38,8 @@ def check_database(settings: Settings) -> None:
     from alembic.script import ScriptDirectory
     from sqlalchemy.exc import SQLAlchemyError
 
-    from api.db import make_engine
-    from api.migrations import alembic_config
+    from api.core.db import make_engine
+    from api.core.migrations import alembic_config
 
     url = _redacted(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -155,7 +155,7 @@ def db_upgrade() -> None:
     """Migrate the database to the newest schema."""
     settings = load_settings()
     _make_sqlite_folder(settings)
-    from api.migrations import upgrade
+    from api.core.migrations import upgrade
 
     upgrade(settings.database_url)
     print(f"database at head: {_redacted(settings.database_url)}")
@@ -165,8 +165,8 @@ def new_key(database_url: str, tenant_name: str) -> tuple[str, str, str]:
     """(tenant name, tenant id, plaintext key) for a new key; the tenant is made if new."""
     from sqlmodel import Session
 
-    from api.db import make_engine
-    from api.keys import create_key
+    from api.auth.keys import create_key
+    from api.core.db import make_engine
 
     with Session(make_engine(database_url)) as session:
         tenant, key = create_key(session, tenant_name)
@@ -186,8 +186,8 @@ def keys_list() -> None:
     """List keys by prefix."""
     from sqlmodel import Session
 
-    from api.db import make_engine
-    from api.keys import list_keys
+    from api.auth.keys import list_keys
+    from api.core.db import make_engine
 
     with Session(make_engine(load_settings().database_url)) as session:
         for key, tenant in list_keys(session):
@@ -200,8 +200,8 @@ def keys_revoke(prefix: str) -> None:
     """Revoke a key by its prefix."""
     from sqlmodel import Session
 
-    from api.db import make_engine
-    from api.keys import revoke_key
+    from api.auth.keys import revoke_key
+    from api.core.db import make_engine
 
     with Session(make_engine(load_settings().database_url)) as session:
         if not revoke_key(session, prefix):

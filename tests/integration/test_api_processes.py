@@ -14,10 +14,10 @@ import pytest
 from prometheus_client import CollectorRegistry, multiprocess
 from sqlmodel import Session, select
 
-from api.db import make_engine
-from api.models import SchedulerLease, as_utc, utcnow
-from api.scheduler import LEASE_NAME as SCHEDULER
-from api.sweeper import LEASE_NAME as SWEEPER
+from api.core.db import make_engine
+from api.core.models import SchedulerLease, as_utc, utcnow
+from api.jobs.sweeper import LEASE_NAME as SWEEPER
+from api.studies.scheduler import LEASE_NAME as SCHEDULER
 from tests.faults.harness import psycopg_url
 from tests.figures import figure
 from tests.integration.proc import children_of, command_line, environment_of

@@ -1,6 +1,6 @@
 import pytest
 
-from api.migrations import upgrade
+from api.core.migrations import upgrade
 from tests.unit.api.test_migrations import schema_drift
 
 pytestmark = pytest.mark.integration

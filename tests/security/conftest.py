@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from api.keys import create_key
+from api.auth.keys import create_key
+from api.auth.rate_limit import RateLimiter
+from api.core.migrations import upgrade
 from api.main import create_app
-from api.migrations import upgrade
-from api.rate_limit import RateLimiter
 from shared.settings import Settings
 from tests.unit.api.conftest import RecordingDispatcher
 from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record

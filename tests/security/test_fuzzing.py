@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.worker_document import worker_document
+from api.workers.document import worker_document
 from tests.figures import figure
 from tests.security.conftest import WORKER_TOKEN, Deployment, bearer
 

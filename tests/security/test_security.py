@@ -27,10 +27,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlmodel import Session, select
 
-from api.keys import hash_key, revoke_key
-from api.models import CheckpointRow, Job
-from api.rate_limit import RateLimiter
-from api.worker_document import worker_document
+from api.auth.keys import hash_key, revoke_key
+from api.auth.rate_limit import RateLimiter
+from api.core.models import CheckpointRow, Job
+from api.workers.document import worker_document
 from cli.main import main as tunelab
 from tests.availability import unavailable
 from tests.figures import figure as report_figure
@@ -719,7 +719,7 @@ class TestRateLimit:
         )
         deployment = make_deployment(rate_limiter=limiter, requests_per_minute=2)
         tenant = deployment.tenant("acme")
-        with caplog.at_level(logging.WARNING, logger="api.rate_limit"):
+        with caplog.at_level(logging.WARNING, logger="api.auth.rate_limit"):
             started = time.monotonic()
             responses = burst(deployment, tenant, 10)
             elapsed = time.monotonic() - started

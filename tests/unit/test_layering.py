@@ -94,3 +94,74 @@ def test_no_two_modules_import_each_other_even_inside_a_function():
         for name, path in modules.items()
     }
     assert _cycle(graph) is None
+
+
+# The floors inside api/, lowest first: each package may import only the packages named
+# here (and itself). The worker protocol sits above jobs and studies, since an epoch post
+# reaches both (the pruner); jobs never imports studies; only api.main sees every package.
+API_PACKAGE_IMPORTS: dict[str, set[str]] = {
+    "web": set(),
+    "artifacts": {"web"},
+    "core": {"web", "artifacts"},
+    "auth": {"web", "artifacts", "core"},
+    "ops": {"web", "artifacts", "core", "auth"},
+    "architectures": {"web", "artifacts", "core", "auth"},
+    "jobs": {"web", "artifacts", "core", "auth", "ops"},
+    "studies": {"web", "artifacts", "core", "auth", "ops", "jobs"},
+    "workers": {"web", "artifacts", "core", "auth", "ops", "jobs", "studies"},
+}
+# The only modules api/ keeps at its top level.
+API_TOP_LEVEL = {"api", "api.main"}
+
+
+def _api_package(module: str) -> str | None:
+    """The domain package of an api module (its __init__ included); None for api.main."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "api" and len(parts) > 1 and parts[1] != "main" else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import inside api/ that the package rules forbid, as "importer -> imported"."""
+    broken = []
+    for importer, imported_modules in sorted(graph.items()):
+        package = _api_package(importer)
+        if package is None:
+            continue
+        allowed = API_PACKAGE_IMPORTS.get(package, set()) | {package}
+        for imported in sorted(imported_modules):
+            if imported == "api.main" or (
+                imported.startswith("api.") and _api_package(imported) not in allowed
+            ):
+                broken.append(f"{importer} -> {imported}")
+    return broken
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = _our_modules()
+    return {
+        name: {imported for imported in _imports_of(path) if imported in modules} - {name}
+        for name, path in modules.items()
+    }
+
+
+class TestApiPackages:
+    def test_the_api_keeps_only_main_at_its_top_level_and_a_package_per_domain(self):
+        api_modules = {name for name in _our_modules() if name.startswith("api")}
+        top_level = {name for name in api_modules if _api_package(name) is None}
+        packages = {_api_package(name) for name in api_modules} - {None}
+        assert top_level == API_TOP_LEVEL
+        assert packages == set(API_PACKAGE_IMPORTS)
+
+    def test_no_package_imports_one_above_it(self):
+        assert upward_imports(_import_graph()) == []
+
+    def test_an_upward_import_is_caught(self):
+        graph = {
+            "api.jobs.ledger": {"api.core.models", "api.studies.reads"},
+            "api.core.models": {"api.main"},
+            "api.workers.routes": {"api.jobs.ledger", "api.studies.pruning"},
+        }
+        assert upward_imports(graph) == [
+            "api.core.models -> api.main",
+            "api.jobs.ledger -> api.studies.reads",
+        ]

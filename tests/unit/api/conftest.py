@@ -6,8 +6,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel
 
-from api.db import make_engine
-from api.keys import create_key
+from api.auth.keys import create_key
+from api.core.db import make_engine
 from api.main import create_app
 from shared.settings import Settings
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from api.artifact_store import ArtifactStore, StoredMeta
-from api.errors import StoreUnavailable
-from api.local_store import LocalStore
-from api.s3_store import S3Store
-from api.stores import store_from_settings
+from api.artifacts.from_settings import store_from_settings
+from api.artifacts.local import LocalStore
+from api.artifacts.s3 import S3Store
+from api.artifacts.store import ArtifactStore, StoredMeta
+from api.web.errors import StoreUnavailable
 from shared.settings import Settings
 from tests.moto_server import S3Server
 

@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from api.artifact_store import ArtifactStore, StoredMeta
-from api.checkpoint_uploads import Received, keep
-from api.errors import StaleAttempt
-from api.local_store import LocalStore
+from api.artifacts.local import LocalStore
+from api.artifacts.s3 import S3Store
+from api.artifacts.store import ArtifactStore, StoredMeta
 from api.main import create_app
-from api.s3_store import S3Store
+from api.web.errors import StaleAttempt
+from api.workers.uploads import Received, keep
 from shared.messages import AttemptPost
 from shared.settings import Settings
 from tests.unit.api.conftest import RecordingDispatcher, TenantKeys

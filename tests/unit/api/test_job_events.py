@@ -3,8 +3,8 @@ keep-alive of a quiet stream."""
 
 import asyncio
 
-from api.job_events import JobStream, job_events_since
-from api.sse import KEEPALIVE, polled_stream
+from api.jobs.events import JobStream, job_events_since
+from api.web.sse import KEEPALIVE, polled_stream
 from cli.client import parse_events
 from tests.unit.api.test_job_management import PROGRESS
 from tests.unit.api.test_jobs_routes import submit

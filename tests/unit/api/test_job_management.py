@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from api.models import Job, utcnow
+from api.core.models import Job, utcnow
 from shared.settings import Settings
 from tests.unit.api.test_jobs_routes import QUICK_JOB, error_fields, submit
 from tests.unit.api.worker_calls import WorkerCalls

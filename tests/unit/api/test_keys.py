@@ -1,7 +1,7 @@
 from sqlmodel import Session, select
 
-from api.keys import create_key, hash_key, list_keys, revoke_key, tenant_for_key
-from api.models import ApiKey
+from api.auth.keys import create_key, hash_key, list_keys, revoke_key, tenant_for_key
+from api.core.models import ApiKey
 
 
 class TestKeys:

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel
 
-from api.db import make_engine
+from api.core.db import make_engine
+from api.jobs.sweeper import sweep
 from api.main import create_app
-from api.sweeper import sweep
 from shared.settings import Settings
 from tests.unit.api.conftest import RecordingDispatcher
 from tests.unit.api.test_jobs_routes import PROBLEM, submit

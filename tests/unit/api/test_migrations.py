@@ -2,8 +2,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from api.db import make_engine
-from api.migrations import upgrade
+from api.core.db import make_engine
+from api.core.migrations import upgrade
 
 
 def schema_drift(database_url: str) -> list:

@@ -7,8 +7,8 @@ import time
 import pytest
 from limits.storage import MemoryStorage, RedisStorage
 
-from api.errors import RateLimited
-from api.rate_limit import RateLimiter, make_rate_limiter
+from api.auth.rate_limit import RateLimiter, make_rate_limiter
+from api.web.errors import RateLimited
 from shared.settings import Settings
 
 # Fifty seconds into a minute, so a fixed one-minute window would end 10 s later.
@@ -120,7 +120,7 @@ class TestUnreachableRedis:
             timeout_seconds=0.2,
             retry_seconds=60,
         )
-        with caplog.at_level(logging.WARNING, logger="api.rate_limit"):
+        with caplog.at_level(logging.WARNING, logger="api.auth.rate_limit"):
             refusals = [refusal(limiter.count_request, "abc") for _ in range(5)]
             refusals += [refusal(limiter.count_failure, "api-key", "a") for _ in range(5)]
         limiter.close()
@@ -137,7 +137,7 @@ class TestUnreachableRedis:
             timeout_seconds=0.2,
             retry_seconds=0,
         )
-        with caplog.at_level(logging.WARNING, logger="api.rate_limit"):
+        with caplog.at_level(logging.WARNING, logger="api.auth.rate_limit"):
             refusals = [refusal(limiter.count_request, "abc") for _ in range(3)]
         limiter.close()
         warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]

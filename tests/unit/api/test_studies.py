@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from api.models import Study
-from api.scheduler import StudyScheduler
-from api.study_ledger import add_infeasible_trial
+from api.core.models import Study
+from api.studies.ledger import add_infeasible_trial
+from api.studies.scheduler import StudyScheduler
 from shared.settings import Settings
 from tests.unit.api.conftest import RecordingDispatcher, TenantKeys
 from tests.unit.api.worker_calls import WorkerCalls

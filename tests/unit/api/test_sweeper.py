@@ -4,8 +4,8 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from api.models import Job, SchedulerLease, as_utc, utcnow
-from api.sweeper import LEASE_NAME, Sweeper, sweep
+from api.core.models import Job, SchedulerLease, as_utc, utcnow
+from api.jobs.sweeper import LEASE_NAME, Sweeper, sweep
 from tests.unit.api.test_jobs_routes import submit
 from tests.unit.api.worker_calls import WorkerCalls
 

@@ -1,0 +1,381 @@
+"""The job ledger: every change of a job's state, each in one transaction.
+
+Claims are a compare-and-set on the jobs row, so two workers that receive the
+same message cannot both train the job; every later write names its attempt and
+lease token, and a write from an attempt that no longer holds the job is refused.
+"""
+
+import hashlib
+import json
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, delete, func, or_, update
+from sqlmodel import Session, col, select
+
+from api.core.dispatch import Dispatcher
+from api.core.models import (
+    AttemptOutcome,
+    AttemptRow,
+    CheckpointRow,
+    EpochMetricRow,
+    Job,
+    JobStatus,
+    JobTag,
+    Study,
+    Tenant,
+    utcnow,
+)
+from api.jobs.live_progress import LiveProgress
+from api.web.errors import (
+    CheckpointRefused,
+    IdempotencyConflict,
+    JobNotCancellable,
+    JobNotClaimable,
+    JobNotDeletable,
+    StaleAttempt,
+    TooManyJobs,
+)
+from shared.analysis import Analysis
+from shared.messages import (
+    AttemptPost,
+    BatchProgress,
+    CheckpointRecord,
+    EpochMetrics,
+    FinishReport,
+)
+from shared.spec import JobSpec
+
+ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
+# What a POST with an Idempotency-Key makes.
+Replayable = TypeVar("Replayable", Job, Study)
+# How long a tenant at its concurrent-job limit is asked to wait: about an epoch of a
+# small model, when a slot may have come free.
+JOB_SLOT_RETRY_SECONDS = 30
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def find_replay(
+    session: Session, table: type[Replayable], tenant_id: str, key: str, body_hash: str
+) -> Replayable | None:
+    """The job (or study) an earlier request with this Idempotency-Key made, if any."""
+    row = session.exec(
+        select(table).where(table.tenant_id == tenant_id, table.idempotency_key == key)
+    ).first()
+    if row is not None and row.request_hash != body_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used with a different body; use a new key for a new request"
+        )
+    return row
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Holds the tenant's row until the transaction ends, so that one tenant's submissions
+    count and insert one at a time. A no-op update rather than SELECT ... FOR UPDATE: on
+    PostgreSQL both take the row lock, and on SQLite (which has no FOR UPDATE) the update
+    takes the database's write lock, which serialises writers just the same."""
+    session.execute(
+        update(Tenant)
+        .where(col(Tenant.id) == tenant_id)
+        .values(name=col(Tenant.name))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def reserve_job_slot(session: Session, tenant_id: str, max_active_jobs: int) -> None:
+    """Raises TooManyJobs (ending the transaction) if the tenant, whose row the caller has
+    locked, already has `max_active_jobs` queued or running."""
+    active = session.exec(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, col(Job.status).in_(ACTIVE_STATUSES))
+    ).one()
+    if active >= max_active_jobs:
+        session.rollback()
+        raise TooManyJobs(
+            f"you have {active} queued or running jobs and the limit is {max_active_jobs}; "
+            "wait for one to finish or cancel one",
+            headers={"Retry-After": str(JOB_SLOT_RETRY_SECONDS)},
+            active_jobs=active,
+            limit=max_active_jobs,
+        )
+
+
+def add_job(
+    session: Session,
+    tenant_id: str,
+    spec: JobSpec,
+    analysis: Analysis,
+    name: str | None = None,
+    **fields: Any,
+) -> Job:
+    """Adds a new queued job and its tag rows to the session; the caller commits."""
+    job = Job(
+        tenant_id=tenant_id,
+        name=name or spec.name,
+        spec=spec.model_dump(mode="json"),
+        analysis=analysis.summary(),
+        epochs=spec.epochs,
+        **fields,
+    )
+    session.add(job)
+    session.add_all(JobTag(job_id=job.id, tag=tag) for tag in spec.tags)
+    return job
+
+
+def create_job(
+    session: Session,
+    tenant_id: str,
+    spec: JobSpec,
+    analysis: Analysis,
+    idempotency_key: str | None,
+    body_hash: str,
+    max_active_jobs: int,
+) -> tuple[Job, bool]:
+    """Stores a queued job; returns it and whether it is new.
+
+    A replay of an earlier submission (same Idempotency-Key and body) answers with its job,
+    even when the tenant is at its limit now. Otherwise the tenant's queued and running jobs
+    are counted under the tenant's row lock, so N simultaneous submissions at the limit
+    accept exactly as many as there are free slots.
+    """
+    lock_tenant(session, tenant_id)
+    if idempotency_key is not None:
+        replayed = find_replay(session, Job, tenant_id, idempotency_key, body_hash)
+        if replayed is not None:
+            # Ends the transaction (and the lock) without expiring what was read.
+            session.commit()
+            return replayed, False
+    reserve_job_slot(session, tenant_id, max_active_jobs)
+    job = add_job(
+        session, tenant_id, spec, analysis, idempotency_key=idempotency_key, request_hash=body_hash
+    )
+    session.commit()
+    return job, True
+
+
+def dispatch(
+    session: Session, dispatcher: Dispatcher, job_id: str, at: datetime | None = None
+) -> bool:
+    """Rings the broker for a committed job and records when; False leaves it to the sweep."""
+    if not dispatcher.send(job_id):
+        return False
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id)
+        .values(dispatched_at=at or utcnow(), dispatches=col(Job.dispatches) + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return True
+
+
+def end_attempt(session: Session, job_id: str, attempt: int, outcome: AttemptOutcome) -> None:
+    """Closes an attempt's row if it is still open; the caller commits."""
+    session.execute(
+        update(AttemptRow)
+        .where(
+            col(AttemptRow.job_id) == job_id,
+            col(AttemptRow.attempt) == attempt,
+            col(AttemptRow.outcome) == AttemptOutcome.running,
+        )
+        .values(outcome=outcome, ended_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def attempts_of(session: Session, job_id: str) -> list[AttemptRow]:
+    return list(
+        session.exec(
+            select(AttemptRow).where(AttemptRow.job_id == job_id).order_by(col(AttemptRow.attempt))
+        )
+    )
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    if JobStatus(job.status).finished:
+        raise JobNotCancellable(f"job {job.id} is already {job.status}")
+    # Compare-and-set: a job that finished meanwhile keeps its final status.
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.status).in_([JobStatus.queued, JobStatus.running]))
+        .values(status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
+    )
+    if result.rowcount and job.attempts:  # type: ignore[attr-defined]
+        end_attempt(session, job.id, job.attempts, AttemptOutcome.cancelled)
+    session.commit()
+    session.refresh(job)
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise JobNotCancellable(f"job {job.id} is already {job.status}")
+    return job
+
+
+def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) -> Job:
+    now = utcnow()
+    token = secrets.token_hex(16)
+    claimable = or_(
+        col(Job.status) == JobStatus.queued,
+        and_(col(Job.status) == JobStatus.running, col(Job.lease_expires_at) < now),
+    )
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, claimable)
+        .values(
+            status=JobStatus.running,
+            attempts=col(Job.attempts) + 1,
+            worker=worker,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(col(Job.started_at), now),
+            live_progress=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        session.rollback()
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotClaimable(f"no job {job_id}")
+        raise JobNotClaimable(
+            f"job {job_id} is {job.status}"
+            + (" and leased to a live attempt" if job.status == "running" else "")
+        )
+    job = session.get(Job, job_id)
+    assert job is not None  # the update above just matched it
+    # Taken over straight from an expired lease, without a sweep in between.
+    end_attempt(session, job.id, job.attempts - 1, AttemptOutcome.lease_expired)
+    session.add(
+        AttemptRow(
+            job_id=job.id,
+            attempt=job.attempts,
+            worker=worker,
+            start_epoch=job.epochs_completed,
+            started_at=now,
+        )
+    )
+    session.commit()
+    return job
+
+
+def release_job(session: Session, job: Job, attempt: int) -> None:
+    """A worker that shuts down gives its job back: queued again, to resume from its last
+    checkpoint. The caller has checked that `attempt` holds the job."""
+    job.status = JobStatus.queued
+    job.worker = job.lease_token = job.lease_expires_at = job.dispatched_at = None
+    job.dispatches = 0
+    session.add(job)
+    end_attempt(session, job.id, attempt, AttemptOutcome.handed_back)
+
+
+# A job stopped from outside its attempt: the attempt's next post hears of it and stops.
+STOPPED_STATUSES = (JobStatus.cancelled, JobStatus.pruned)
+
+
+def holding_attempt(session: Session, job_id: str, post: AttemptPost) -> Job:
+    """The job, if `post` comes from the attempt that holds it: running, or stopped
+    (cancelled or pruned) while it ran."""
+    job = session.get(Job, job_id)
+    if job is None or job.attempts != post.attempt or job.lease_token != post.lease_token:
+        raise StaleAttempt(f"attempt {post.attempt} does not hold job {job_id}")
+    if job.status not in (JobStatus.running, *STOPPED_STATUSES):
+        raise StaleAttempt(f"job {job_id} is {job.status}")
+    return job
+
+
+def prune_job(session: Session, job: Job, attempt: int, reason: str) -> None:
+    """The study's pruner stopped the trial after its last recorded epoch; the caller
+    commits. The attempt hears of it in the answer to its post."""
+    job.status = JobStatus.pruned
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    job.pruned_reason = reason[:500]
+    session.add(job)
+    end_attempt(session, job.id, attempt, AttemptOutcome.pruned)
+
+
+def renew_lease(job: Job, lease_seconds: float) -> None:
+    job.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+
+
+def record_progress(job: Job, progress: BatchProgress) -> None:
+    """Keeps a heartbeat's progress within the epoch; the caller commits."""
+    job.live_progress = LiveProgress.stored(progress)
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Removes an ended job and every row of it, in one transaction. A queued or running job
+    is refused, and so is a study's trial: its study's record needs it."""
+    if job.study_id is not None:
+        raise JobNotDeletable(f"job {job.id} is trial {job.trial} of study {job.study_id}")
+    # Compare-and-set: locks the row, and only while the job has ended.
+    ended = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.status).not_in(ACTIVE_STATUSES))
+        .values(status=col(Job.status))
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount == 0:  # type: ignore[attr-defined]
+        session.rollback()
+        raise JobNotDeletable(
+            f"job {job.id} is {job.status}; cancel it first, or wait until it ends"
+        )
+    for table in (JobTag, EpochMetricRow, CheckpointRow, AttemptRow):
+        session.execute(
+            delete(table)
+            .where(col(table.job_id) == job.id)
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(
+        delete(Job).where(col(Job.id) == job.id).execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def require_own_path(job_id: str, checkpoint: CheckpointRecord) -> None:
+    """Checkpoints live at {job_id}/{name} in the artifact store, and nowhere else."""
+    if checkpoint.path != f"{job_id}/{checkpoint.name}":
+        raise CheckpointRefused(f"checkpoint path must be {job_id}/{checkpoint.name}")
+
+
+def record_epoch(
+    session: Session,
+    job: Job,
+    attempt: int,
+    metrics: EpochMetrics,
+    checkpoint: CheckpointRecord | None,
+) -> bool:
+    """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing.
+    Whether the epoch was new."""
+    if checkpoint is not None:
+        require_own_path(job.id, checkpoint)
+    new = session.get(EpochMetricRow, (job.id, metrics.epoch)) is None
+    if new:
+        session.add(EpochMetricRow(job_id=job.id, attempt=attempt, **metrics.model_dump()))
+    if checkpoint is not None:
+        row = session.get(CheckpointRow, (job.id, checkpoint.name))
+        if row is None:
+            session.add(CheckpointRow(job_id=job.id, attempt=attempt, **checkpoint.model_dump()))
+        elif row.sha256 != checkpoint.sha256:
+            # A later attempt uploaded the file again (the earlier one was corrupt): the
+            # record follows the file, so its SHA-256 still vouches for what is stored.
+            row.sqlmodel_update({"attempt": attempt, **checkpoint.model_dump()})
+            session.add(row)
+    job.epochs_completed = max(job.epochs_completed, metrics.epoch + 1)
+    if job.best_test_accuracy is None or metrics.test_accuracy > job.best_test_accuracy:
+        job.best_epoch, job.best_test_accuracy = metrics.epoch, metrics.test_accuracy
+    session.add(job)
+    return new
+
+
+def finish_job(session: Session, job: Job, report: FinishReport) -> None:
+    job.status = report.status
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    job.error = report.error.model_dump() if report.error else None
+    job.result = report.result.model_dump() if report.result else None
+    session.add(job)
+    end_attempt(session, job.id, report.attempt, AttemptOutcome(report.status))

@@ -1,0 +1,312 @@
+"""What is known of a study's trials, read from the ledger: each trial's state (its job's
+status), its objective value and per-epoch values, its leaderboard row, and the study
+resource. A study costs three queries (trials, their jobs, their metrics) however many
+trials it has; a page of studies costs the same three plus one."""
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from optuna.trial import TrialState as OptunaState
+from sqlmodel import Session, col, select
+
+from api.core.models import EpochMetricRow, Job, JobStatus, Study, StudyStatus, TrialRow, as_utc
+from api.jobs.reads import newest_first
+from api.studies.optuna_bridge import TrialRecord, penalty
+from api.studies.schemas import (
+    ACTIVE_TRIAL_STATES,
+    BestTrial,
+    ConfirmedConfiguration,
+    StudyList,
+    StudyPublic,
+    TrialCounts,
+    TrialList,
+    TrialPublic,
+    TrialState,
+)
+from shared.messages import JobError
+from shared.study_spec import Objective, StudySpec
+
+OPTUNA_STATES = {
+    TrialState.queued: OptunaState.RUNNING,
+    TrialState.running: OptunaState.RUNNING,
+    TrialState.succeeded: OptunaState.COMPLETE,
+    TrialState.pruned: OptunaState.PRUNED,
+    TrialState.failed: OptunaState.FAIL,
+    TrialState.cancelled: OptunaState.FAIL,
+    # Told as finished with a penalty and its constraint violations: see optuna_bridge.
+    TrialState.infeasible: OptunaState.COMPLETE,
+}
+
+
+@dataclass
+class TrialView:
+    row: TrialRow
+    state: TrialState
+    job: Job | None
+    # The objective metric by epoch, as the job reported it.
+    metric_by_epoch: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        return self.row.number
+
+    @property
+    def is_search(self) -> bool:
+        return self.row.confirms is None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_TRIAL_STATES
+
+    def value(self, objective: Objective) -> float | None:
+        """The objective: the best epoch's metric, or the last epoch's."""
+        if not self.metric_by_epoch:
+            return None
+        if objective.reduce == "last":
+            return self.metric_by_epoch[max(self.metric_by_epoch)]
+        values = self.metric_by_epoch.values()
+        return max(values) if objective.maximize else min(values)
+
+    def intermediate(self, objective: Objective) -> dict[int, float]:
+        """The objective after each epoch, by epochs completed: the metric so far at its
+        best (reduce best) or as it was that epoch (reduce last)."""
+        steps: dict[int, float] = {}
+        best: float | None = None
+        for epoch in sorted(self.metric_by_epoch):
+            value = self.metric_by_epoch[epoch]
+            if objective.reduce == "best" and best is not None:
+                value = max(best, value) if objective.maximize else min(best, value)
+            best = value
+            steps[epoch + 1] = value
+        return steps
+
+
+def _state(row: TrialRow, job: Job | None) -> TrialState:
+    if row.job_id is None or job is None:
+        return TrialState.infeasible
+    return TrialState(job.status)
+
+
+def new_trial_view(row: TrialRow, job: Job | None = None) -> TrialView:
+    """A trial just stored: queued with its job, or infeasible without one; no epochs yet."""
+    return TrialView(row, _state(row, job), job)
+
+
+def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[TrialView]]:
+    """Every trial of `studies`, by study id, in trial order."""
+    ids = [study.id for study in studies]
+    objectives = {study.id: StudySpec.model_validate(study.spec).objective for study in studies}
+    views: dict[str, list[TrialView]] = {study_id: [] for study_id in ids}
+    if not ids:
+        return views
+    rows = list(
+        session.exec(
+            select(TrialRow)
+            .where(col(TrialRow.study_id).in_(ids))
+            .order_by(col(TrialRow.study_id), col(TrialRow.number))
+        )
+    )
+    jobs = {job.id: job for job in session.exec(select(Job).where(col(Job.study_id).in_(ids)))}
+    metrics: dict[str, dict[int, float]] = defaultdict(dict)
+    if jobs:
+        for metric_row in session.exec(
+            select(EpochMetricRow).where(col(EpochMetricRow.job_id).in_(list(jobs)))
+        ):
+            study_id = jobs[metric_row.job_id].study_id or ""
+            metric = objectives[study_id].metric
+            metrics[metric_row.job_id][metric_row.epoch] = float(getattr(metric_row, metric))
+    for row in rows:
+        job = jobs.get(row.job_id) if row.job_id else None
+        views[row.study_id].append(
+            TrialView(row, _state(row, job), job, metrics.get(row.job_id or "", {}))
+        )
+    return views
+
+
+def study_trials(session: Session, study: Study) -> list[TrialView]:
+    return trial_views(session, [study])[study.id]
+
+
+def optuna_records(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialRecord]:
+    """The search trials as Optuna's samplers and pruners are told them."""
+    search = [view for view in views if view.is_search]
+    finished = [
+        value
+        for view in search
+        if view.state == TrialState.succeeded and (value := view.value(spec.objective)) is not None
+    ]
+    records = []
+    for view in search:
+        value = view.value(spec.objective)
+        if view.state == TrialState.infeasible:
+            value = penalty(spec, finished)
+        records.append(
+            TrialRecord(
+                number=view.number,
+                state=OPTUNA_STATES[view.state],
+                params=view.row.params,
+                value=value,
+                intermediate=view.intermediate(spec.objective),
+                system_attrs=view.row.system_attrs,
+            )
+        )
+    return records
+
+
+def trial_public(view: TrialView, objective: Objective) -> TrialPublic:
+    reason = view.row.reason
+    if view.job is not None:
+        if view.job.pruned_reason:
+            reason = view.job.pruned_reason
+        elif view.job.error:
+            reason = str(view.job.error.get("message", ""))
+    return TrialPublic(
+        number=view.number,
+        state=view.state,
+        params=view.row.params,
+        value=view.value(objective),
+        epochs_completed=view.job.epochs_completed if view.job else 0,
+        job_id=view.row.job_id,
+        reason=reason,
+        confirms=view.row.confirms,
+        seed=int(view.job.spec.get("seed", 0)) if view.job else None,
+        started_at=as_utc(view.job.started_at) if view.job else None,
+        finished_at=as_utc(view.job.finished_at) if view.job else as_utc(view.row.created_at),
+    )
+
+
+def leaderboard(study: Study, views: Sequence[TrialView], order: str = "number") -> TrialList:
+    objective = StudySpec.model_validate(study.spec).objective
+    items = [trial_public(view, objective) for view in views]
+    if order == "value":
+        # Best first; trials without a value yet come last, in number order.
+        sign = -1 if objective.maximize else 1
+        items.sort(key=lambda t: (t.value is None, sign * (t.value or 0.0), t.number))
+    return TrialList(study_id=study.id, items=items)
+
+
+def ranked_search_trials(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialView]:
+    """The succeeded search trials, best first (ties: the earlier trial)."""
+    sign = -1 if spec.objective.maximize else 1
+    done = [
+        v
+        for v in views
+        if v.is_search and v.state == TrialState.succeeded and v.value(spec.objective) is not None
+    ]
+    return sorted(done, key=lambda v: (sign * (v.value(spec.objective) or 0.0), v.number))
+
+
+def confirmed(spec: StudySpec, views: Sequence[TrialView]) -> list[ConfirmedConfiguration] | None:
+    if spec.confirm is None:
+        return None
+    confirmations: dict[int, list[TrialView]] = defaultdict(list)
+    for view in views:
+        if view.row.confirms is not None:
+            confirmations[view.row.confirms].append(view)
+    if not confirmations:
+        return []
+    configurations = []
+    for top in ranked_search_trials(spec, views)[: spec.confirm.top_k]:
+        runs = [top, *confirmations.get(top.number, [])]
+        done = [
+            (run, value)
+            for run in runs
+            if run.state == TrialState.succeeded
+            and (value := run.value(spec.objective)) is not None
+        ]
+        values = [value for _, value in done]
+        configurations.append(
+            ConfirmedConfiguration(
+                trial=top.number,
+                params=top.row.params,
+                mean=statistics.fmean(values),
+                std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                n=len(values),
+                values=values,
+                job_ids=[run.row.job_id for run, _ in done if run.row.job_id],
+            )
+        )
+    sign = -1 if spec.objective.maximize else 1
+    return sorted(configurations, key=lambda c: (sign * c.mean, c.trial))
+
+
+def counts(views: Sequence[TrialView]) -> TrialCounts:
+    tally: dict[str, int] = defaultdict(int)
+    for view in views:
+        tally[view.state.value] += 1
+    return TrialCounts(total=len(views), **tally)
+
+
+def study_public(study: Study, views: Sequence[TrialView]) -> StudyPublic:
+    spec = StudySpec.model_validate(study.spec)
+    ranked = ranked_search_trials(spec, views)
+    best = None
+    if ranked and (value := ranked[0].value(spec.objective)) is not None and ranked[0].job:
+        best = BestTrial(
+            trial=ranked[0].number,
+            job_id=ranked[0].job.id,
+            params=ranked[0].row.params,
+            value=value,
+        )
+    return StudyPublic(
+        id=study.id,
+        name=study.name,
+        status=StudyStatus(study.status),
+        spec=study.spec,
+        created_at=as_utc(study.created_at),
+        finished_at=as_utc(study.finished_at),
+        trials=counts(views),
+        best=best,
+        importances=study.importances,
+        confirmed=confirmed(spec, views),
+        error=JobError.model_validate(study.error) if study.error else None,
+    )
+
+
+def study_view(session: Session, study: Study) -> StudyPublic:
+    return study_public(study, study_trials(session, study))
+
+
+def studies_page(
+    session: Session,
+    tenant_id: str,
+    limit: int,
+    cursor: str | None = None,
+    status: StudyStatus | None = None,
+) -> StudyList:
+    page, next_cursor = newest_first(session, Study, tenant_id, limit, cursor, status)
+    views = trial_views(session, page)
+    return StudyList(
+        items=[study_public(study, views[study.id]) for study in page], next_cursor=next_cursor
+    )
+
+
+def active_studies(session: Session) -> list[Study]:
+    """Studies the scheduler still has work for, oldest first."""
+    return list(
+        session.exec(
+            select(Study)
+            .where(col(Study.status).in_([StudyStatus.queued, StudyStatus.running]))
+            .order_by(col(Study.id))
+        )
+    )
+
+
+def active_trial_jobs(session: Session, study_id: str) -> list[Job]:
+    """The study's queued and running trial jobs."""
+    return list(
+        session.exec(
+            select(Job).where(
+                Job.study_id == study_id,
+                col(Job.status).in_([JobStatus.queued, JobStatus.running]),
+            )
+        )
+    )
+
+
+def trial_of_job(session: Session, job: Job) -> TrialRow | None:
+    if job.study_id is None or job.trial is None:
+        return None
+    return session.get(TrialRow, (job.study_id, job.trial))

@@ -1,0 +1,269 @@
+"""The study scheduler: fills each running study's free trial slots, asking Optuna's sampler
+for the next spec, and ends studies whose trials are all done.
+
+Exactly one API process schedules at a time: the one holding the `study-scheduler` lease
+in the database. Everything it decides from is read from the ledger on each pass, so a
+scheduler that starts after another died carries on where it stopped; a trial's number is
+part of its key, so two schedulers can never store the same trial twice, and a study never
+runs more than `max_trials` search trials.
+"""
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from api.core.dispatch import Dispatcher
+from api.core.leases import LoopLease
+from api.core.models import Study
+from api.jobs.ledger import dispatch
+from api.studies.ledger import add_infeasible_trial, add_trial_job, finish_study, save_importances
+from api.studies.optuna_bridge import ask, importances, infeasible_attrs
+from api.studies.reads import (
+    TrialView,
+    active_studies,
+    new_trial_view,
+    optuna_records,
+    ranked_search_trials,
+    study_trials,
+)
+from api.studies.schemas import TrialState
+from api.web.errors import TooManyJobs
+from shared.analysis import Analysis
+from shared.checks import SpecRejected
+from shared.settings import Settings
+from shared.study_checks import admit_trial, constraint_violations, describe_problems, grid_size
+from shared.study_spec import StudySpec
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "study-scheduler"
+
+
+@dataclass
+class StudyContext:
+    """What every step of a pass over one study works with."""
+
+    session: Session
+    study: Study
+    spec: StudySpec
+    dispatcher: Dispatcher
+    settings: Settings
+    # The base spec as JSON, which every sampled trial's spec starts from.
+    base: dict[str, object] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base = self.spec.base.model_dump(mode="json")
+
+
+def search_target(spec: StudySpec) -> int:
+    """How many search trials the study runs: max_trials, or fewer points of a grid."""
+    size = grid_size(spec)
+    return spec.max_trials if size is None else min(spec.max_trials, size)
+
+
+def advance(session: Session, study: Study, dispatcher: Dispatcher, settings: Settings) -> None:
+    """One pass over a running study: new trials into free slots, confirmation runs once the
+    search is done, importances when more trials finished, and the end when all are done."""
+    spec = StudySpec.model_validate(study.spec)
+    context = StudyContext(session, study, spec, dispatcher, settings)
+    target = search_target(spec)
+    views = study_trials(session, study)
+    search = [view for view in views if view.is_search]
+    active = sum(view.active for view in views)
+    waiting_for_slots = False
+    try:
+        while active < spec.max_parallel_trials and len(search) < target:
+            view = _next_search_trial(context, search)
+            if view is None:
+                return  # the study ended, or another scheduler took the number
+            active += view.active
+            search.append(view)
+            views.append(view)
+        if len(search) >= target and not any(v.active for v in search):
+            active += _queue_confirmations(context, views, active)
+    except TooManyJobs:
+        # The tenant's concurrent-job limit: trials wait for slots, like the tenant's jobs.
+        waiting_for_slots = True
+    _refresh_importances(session, study, spec, views)
+    if not waiting_for_slots and _all_done(spec, views, target):
+        finish_study(session, study, _failure(views))
+        log.info("study %s finished: %s", study.id, study.status)
+
+
+def _infeasibility(spec: StudySpec, analysis: Analysis) -> tuple[str | None, dict[str, float]]:
+    """Why a valid trial spec may not train (None if it may), and how far over each
+    constraint it is."""
+    violations = constraint_violations(analysis, spec.constraints)
+    broken = {name: excess for name, excess in violations.items() if excess > 0}
+    if not broken:
+        return None, violations
+    limits = ", ".join(
+        f"{name} ({getattr(spec.constraints, name)}) by {excess:.0%}"
+        for name, excess in broken.items()
+    )
+    return (
+        f"breaks {limits}: {analysis.parameters} parameters, "
+        f"{analysis.multiply_adds} multiply-adds",
+        violations,
+    )
+
+
+def _next_search_trial(context: StudyContext, search: list[TrialView]) -> TrialView | None:
+    session, study, spec = context.session, context.study, context.spec
+    asked = ask(study.id, spec, study.sampler_state, optuna_records(spec, search))
+    try:
+        job_spec, analysis = admit_trial(context.base, asked.params, context.settings)
+        reason, violations = _infeasibility(spec, analysis)
+    except SpecRejected as rejected:
+        # Invalid specs are one more constraint, fully broken, for the sampler to learn from.
+        reason = "not a valid job: " + describe_problems(rejected.problems)
+        violations = {"valid": 1.0}
+    attrs = {**asked.system_attrs, **infeasible_attrs(violations)}
+    if reason is not None:
+        row = add_infeasible_trial(
+            session, study, asked.number, asked.params, reason, attrs, asked.sampler_state
+        )
+        if row is None:
+            return None
+        log.info("study %s: trial %d infeasible (%s)", study.id, asked.number, reason)
+        return new_trial_view(row)
+    stored = add_trial_job(
+        session,
+        study,
+        asked.number,
+        asked.params,
+        job_spec,
+        analysis,
+        context.settings.max_concurrent_jobs,
+        system_attrs=attrs,
+        sampler_state=asked.sampler_state,
+    )
+    if stored is None:
+        return None
+    row, job = stored
+    dispatch(session, context.dispatcher, job.id)
+    return new_trial_view(row, job)
+
+
+def _queue_confirmations(context: StudyContext, views: list[TrialView], active: int) -> int:
+    """Re-runs the top configurations with new seeds, as slots allow; returns how many it
+    queued. The seeds follow the trial's own: seed + 1, seed + 2, ..."""
+    session, study, spec = context.session, context.study, context.spec
+    if spec.confirm is None:
+        return 0
+    queued = 0
+    runs_of = Counter(view.row.confirms for view in views if view.row.confirms is not None)
+    next_number = max((view.number for view in views), default=-1) + 1
+    for top in ranked_search_trials(spec, views)[: spec.confirm.top_k]:
+        seed = int(top.job.spec["seed"]) if top.job else spec.base.seed
+        for run in range(runs_of[top.number], spec.confirm.seeds):
+            if active + queued >= spec.max_parallel_trials:
+                return queued
+            job_spec, analysis = admit_trial(
+                context.base, {**top.row.params, "seed": seed + run + 1}, context.settings
+            )
+            stored = add_trial_job(
+                session,
+                study,
+                next_number,
+                top.row.params,
+                job_spec,
+                analysis,
+                context.settings.max_concurrent_jobs,
+                confirms=top.number,
+            )
+            if stored is None:
+                return queued
+            row, job = stored
+            dispatch(session, context.dispatcher, job.id)
+            views.append(new_trial_view(row, job))
+            next_number += 1
+            queued += 1
+    return queued
+
+
+def _all_done(spec: StudySpec, views: list[TrialView], target: int) -> bool:
+    search = [view for view in views if view.is_search]
+    if len(search) < target or any(view.active for view in views):
+        return False
+    if spec.confirm is None:
+        return True
+    tops = ranked_search_trials(spec, views)[: spec.confirm.top_k]
+    runs = [view.row.confirms for view in views if view.row.confirms is not None]
+    return all(runs.count(top.number) >= spec.confirm.seeds for top in tops)
+
+
+def _failure(views: list[TrialView]) -> dict[str, str] | None:
+    if any(view.state == TrialState.succeeded for view in views):
+        return None
+    tally = ", ".join(
+        f"{sum(v.state == state for v in views)} {state.value}"
+        for state in TrialState
+        if any(v.state == state for v in views)
+    )
+    return {"type": "no_trial_succeeded", "message": f"no trial succeeded ({tally})"}
+
+
+def _refresh_importances(
+    session: Session, study: Study, spec: StudySpec, views: list[TrialView]
+) -> None:
+    finished = sum(view.is_search and view.state == TrialState.succeeded for view in views)
+    if finished == study.importances_trials:
+        return
+    found = importances(study.id, spec, optuna_records(spec, views))
+    save_importances(session, study, found, finished)
+
+
+class StudyScheduler:
+    """Runs `advance` over every running study every `schedule_seconds`, on a daemon thread,
+    while this process holds the scheduler lease. `wake()` runs a pass at once (a trial was
+    pruned or a study submitted here)."""
+
+    def __init__(self, engine: Engine, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.engine, self.dispatcher, self.settings = engine, dispatcher, settings
+        self.interval = settings.schedule_seconds
+        self.lease = LoopLease(LEASE_NAME, self.interval, self)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="study-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.lease.seconds + 10)
+        self.lease.release(self.engine)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - a failed pass is retried at the next tick
+                log.exception("study scheduling failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def run_once(self) -> bool:
+        """One pass over every running study, if this process holds the lease."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            if not self.lease.hold(session):
+                return False
+            for study in active_studies(session):
+                if self._stop.is_set():
+                    break
+                try:
+                    advance(session, study, self.dispatcher, self.settings)
+                except Exception:  # noqa: BLE001 - one broken study must not stop the rest
+                    session.rollback()
+                    log.exception("study %s: scheduling failed", study.id)
+        return True

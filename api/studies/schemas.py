@@ -1,0 +1,100 @@
+"""Response models of the study routes."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from api.core.models import StudyStatus
+from shared.messages import JobError
+
+
+class TrialState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    pruned = "pruned"
+    # The sampled spec broke a constraint or could not train: never queued.
+    infeasible = "infeasible"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+ACTIVE_TRIAL_STATES = frozenset({TrialState.queued, TrialState.running})
+
+
+class TrialCounts(BaseModel):
+    total: int = 0
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    pruned: int = 0
+    infeasible: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class BestTrial(BaseModel):
+    trial: int
+    job_id: str
+    params: dict[str, Any]
+    value: float
+
+
+class ConfirmedConfiguration(BaseModel):
+    trial: int = Field(description="The search trial whose configuration was re-run")
+    params: dict[str, Any]
+    mean: float
+    std: float = Field(description="Sample standard deviation over the runs (0 for one run)")
+    n: int = Field(description="Succeeded runs: the search trial and its confirmation runs")
+    values: list[float]
+    job_ids: list[str]
+
+
+class TrialPublic(BaseModel):
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    value: float | None = Field(
+        description="The objective so far: the best or last epoch's metric (see objective)"
+    )
+    epochs_completed: int
+    job_id: str | None = Field(description="None when the trial was infeasible")
+    reason: str | None = Field(description="Why it was infeasible, pruned or failed")
+    confirms: int | None = Field(
+        description="For a confirmation run: the search trial whose configuration it re-runs"
+    )
+    seed: int | None = Field(description="The seed its job trains with")
+    started_at: datetime | None = Field(description="When its job first started training")
+    finished_at: datetime | None = Field(
+        description="When its job ended (for an infeasible trial: when it was sampled)"
+    )
+
+
+class TrialList(BaseModel):
+    study_id: str
+    items: list[TrialPublic]
+
+
+class StudyPublic(BaseModel):
+    id: str
+    name: str | None
+    status: StudyStatus
+    spec: dict[str, Any] = Field(description="The study as submitted, its base spec resolved")
+    created_at: datetime
+    finished_at: datetime | None
+    trials: TrialCounts
+    best: BestTrial | None
+    importances: dict[str, float] | None = Field(
+        description="fANOVA importance of each parameter, once enough trials succeeded"
+    )
+    confirmed: list[ConfirmedConfiguration] | None = Field(
+        description="With `confirm`: the top configurations ranked by their mean over seeds"
+    )
+    error: JobError | None
+
+
+class StudyList(BaseModel):
+    items: list[StudyPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
