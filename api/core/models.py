@@ -8,6 +8,7 @@ from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from api.core.ids import new_id
+from shared.job_states import JobStatus
 
 # Deterministic constraint names, so migrations can find them on every database.
 SQLModel.metadata.naming_convention = {
@@ -36,25 +37,6 @@ def as_utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-    # A study's trial that its pruner stopped early.
-    pruned = "pruned"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_STATUSES
-
-
-FINISHED_STATUSES = frozenset(
-    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned}
-)
 
 
 class Tenant(SQLModel, table=True):

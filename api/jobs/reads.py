@@ -8,7 +8,6 @@ many jobs the page holds.
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TypeVar
 
 from sqlalchemy import and_, func, or_
@@ -17,6 +16,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from api.core.models import AttemptRow, CheckpointRow, EpochMetricRow, Job, JobStatus, JobTag, Study
 from api.jobs.schemas import JobList, JobPublic
+from shared.job_states import JobOrder
 
 Row = TypeVar("Row", CheckpointRow, AttemptRow)
 # What the list routes page through.
@@ -71,11 +71,6 @@ def newest_first(
     rows = list(session.exec(query.order_by(col(table.id).desc()).limit(limit + 1)))
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
     return rows[:limit], next_cursor
-
-
-class JobOrder(StrEnum):
-    created_at = "created_at"  # newest first
-    test_accuracy = "test_accuracy"  # best first; jobs without an epoch yet last
 
 
 @dataclass(frozen=True)

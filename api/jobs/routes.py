@@ -14,7 +14,6 @@ from api.jobs.events import EVENT_DATA, JobStream, events_description, job_event
 from api.jobs.ledger import cancel_job, create_job, delete_job, dispatch, request_hash
 from api.jobs.reads import (
     JobFilter,
-    JobOrder,
     checkpoint_named,
     checkpoints_of,
     job_view,
@@ -33,6 +32,7 @@ from api.web.errors import CheckpointNotFound
 from api.web.problem_docs import problem_responses
 from api.web.sse import event_stream_response, polled_stream
 from shared.checks import admit
+from shared.job_states import JobOrder
 from shared.messages import MAX_INT32
 from shared.spec import JobSpec, Tag
 from shared.strict import PRINTABLE
