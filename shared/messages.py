@@ -41,13 +41,6 @@ class CheckpointRecord(Message):
     bytes: int = Field(ge=0, le=MAX_INT32)
 
 
-# A checkpoint upload's body is the file; the rest travels in these headers (with its
-# Content-Length), and a download answers with the file's SHA-256 in the last.
-ATTEMPT_HEADER = "X-Attempt"
-LEASE_TOKEN_HEADER = "X-Lease-Token"
-CHECKPOINT_SHA256_HEADER = "X-Checkpoint-SHA256"
-
-
 class CheckpointStored(Message):
     """The answer to a checkpoint upload: the file the API now keeps under that name (201),
     or already kept, byte for byte (200)."""

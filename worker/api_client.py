@@ -31,6 +31,7 @@ from tenacity import (
 )
 
 from shared.messages import AttemptAnswer, Claim, ClaimRequest
+from shared.protocol import AttemptRoute, attempt_path, claim_path
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +207,13 @@ class ApiClient:
         return digest.hexdigest()
 
     def claim(self, job_id: str, worker: str) -> Claim:
-        answer = self.post(f"/internal/v1/jobs/{job_id}/claim", ClaimRequest(worker=worker))
+        answer = self.post(claim_path(job_id), ClaimRequest(worker=worker))
         return Claim.model_validate(answer)
 
     def attempt_post(
-        self, job_id: str, route: str, body: BaseModel, retry_seconds: float | None = None
+        self, job_id: str, route: AttemptRoute, body: BaseModel, retry_seconds: float | None = None
     ) -> AttemptAnswer:
-        answer = self.post(f"/internal/v1/jobs/{job_id}/{route}", body, retry_seconds)
+        answer = self.post(attempt_path(job_id, route), body, retry_seconds)
         return AttemptAnswer.model_validate(answer)
 
 

@@ -8,12 +8,12 @@ folder and checked against the SHA-256 the API recorded before it is loaded.
 import logging
 from pathlib import Path
 
-from shared.messages import (
+from shared.messages import CheckpointRecord, Claim
+from shared.protocol import (
     ATTEMPT_HEADER,
     CHECKPOINT_SHA256_HEADER,
     LEASE_TOKEN_HEADER,
-    CheckpointRecord,
-    Claim,
+    checkpoint_path,
 )
 from worker.api_client import ApiClient, ApiRefused
 from worker.training.checkpoints import CheckpointUnusable
@@ -21,15 +21,11 @@ from worker.training.checkpoints import CheckpointUnusable
 log = logging.getLogger(__name__)
 
 
-def checkpoint_route(job_id: str, name: str) -> str:
-    return f"/internal/v1/jobs/{job_id}/checkpoints/{name}"
-
-
 def upload(client: ApiClient, claim: Claim, file: Path, record: CheckpointRecord) -> None:
     """Puts `file` into the API's store as the job's `record.name`; raises ApiRefused (409:
     the attempt no longer holds the job) or ApiUnreachable, or OSError if it cannot be read."""
     client.put_file(
-        checkpoint_route(claim.job_id, record.name),
+        checkpoint_path(claim.job_id, record.name),
         file,
         {
             ATTEMPT_HEADER: str(claim.attempt),
@@ -52,7 +48,7 @@ class Downloader:
     def __call__(self, record: CheckpointRecord, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            sha256 = self.client.get_file(checkpoint_route(self.job_id, record.name), target)
+            sha256 = self.client.get_file(checkpoint_path(self.job_id, record.name), target)
         except ApiRefused as refused:
             raise CheckpointUnusable(
                 f"{record.name} could not be downloaded: {refused.status} {refused.body}"

@@ -32,6 +32,7 @@ from shared.messages import (
     JobError,
     JobResult,
 )
+from shared.protocol import AttemptRoute, ProblemCode, problem_type
 from worker import checkpoint_transfer, shutdown
 from worker.api_client import ApiClient, ApiRefused, ApiUnreachable
 
@@ -41,8 +42,8 @@ AttemptMessage = Heartbeat | EpochReport | FinishReport | HandBack
 # The API's answers to an epoch post whose checkpoint it will not record (not uploaded, or
 # not as recorded): the epoch itself is still worth posting.
 CHECKPOINT_PROBLEMS = {
-    "urn:tunelab:problem:checkpoint-not-stored",
-    "urn:tunelab:problem:checkpoint-refused",
+    problem_type(ProblemCode.checkpoint_not_stored),
+    problem_type(ProblemCode.checkpoint_refused),
 }
 
 
@@ -107,7 +108,9 @@ class AttemptReporter:
         )
         self.lost.set()
 
-    def _post(self, route: str, body: AttemptMessage, retry_seconds: float | None = None) -> None:
+    def _post(
+        self, route: AttemptRoute, body: AttemptMessage, retry_seconds: float | None = None
+    ) -> None:
         try:
             answer = self.client.attempt_post(self.job_id, route, body, retry_seconds)
         except ApiRefused as refused:
@@ -128,7 +131,7 @@ class AttemptReporter:
                 return
             try:
                 self._post(
-                    "heartbeat",
+                    AttemptRoute.heartbeat,
                     Heartbeat(
                         attempt=self.attempt, lease_token=self.token, progress=self._progress
                     ),
@@ -188,7 +191,7 @@ class AttemptReporter:
 
     def _post_epoch(self, report: EpochReport) -> None:
         try:
-            self._post("epochs", report)
+            self._post(AttemptRoute.epochs, report)
         except ApiRefused as refused:
             if report.checkpoint is None or _problem_type(refused.body) not in CHECKPOINT_PROBLEMS:
                 raise
@@ -199,7 +202,7 @@ class AttemptReporter:
                 refused,
                 report.metrics.epoch,
             )
-            self._post("epochs", report.model_copy(update={"checkpoint": None}))
+            self._post(AttemptRoute.epochs, report.model_copy(update={"checkpoint": None}))
 
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or self.pruned.is_set() or self.lost.is_set()
@@ -237,7 +240,7 @@ class AttemptReporter:
         if self.lost.is_set():
             return  # another attempt holds the job now: this one has nothing to say
         self._post(
-            "finish",
+            AttemptRoute.finish,
             FinishReport(
                 attempt=self.attempt,
                 lease_token=self.token,
@@ -252,4 +255,8 @@ class AttemptReporter:
         self.flush()
         if self.lost.is_set():
             return
-        self._post("release", HandBack(attempt=self.attempt, lease_token=self.token), retry_seconds)
+        self._post(
+            AttemptRoute.release,
+            HandBack(attempt=self.attempt, lease_token=self.token),
+            retry_seconds,
+        )

@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 from api.artifacts.store import ArtifactStore
 from api.core.models import CheckpointRow
 from api.web.errors import CheckpointNotFound
-from shared.messages import CHECKPOINT_SHA256_HEADER
+from shared.protocol import CHECKPOINT_SHA256_HEADER
 
 
 def checkpoint_response(store: ArtifactStore, row: CheckpointRow) -> StreamingResponse:

@@ -13,6 +13,7 @@ from starlette.routing import Match
 
 from api.web.errors import TunelabError
 from shared.checks import Problem, SpecRejected
+from shared.protocol import problem_type
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def problem(
     **extra: Any,
 ) -> JSONResponse:
     body = {
-        "type": f"urn:tunelab:problem:{code}",
+        "type": problem_type(code),
         "title": title,
         "status": status,
         "detail": detail,

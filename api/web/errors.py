@@ -3,6 +3,8 @@ them into a problem+json answer."""
 
 from typing import Any
 
+from shared.protocol import ProblemCode
+
 
 class TunelabError(Exception):
     status: int = 400
@@ -59,7 +61,7 @@ class StaleAttempt(TunelabError):
 
 
 class CheckpointRefused(TunelabError):
-    status, code, title = 422, "checkpoint-refused", "Checkpoint path refused"
+    status, code, title = 422, ProblemCode.checkpoint_refused, "Checkpoint path refused"
 
 
 class IdempotencyConflict(TunelabError):
@@ -87,7 +89,7 @@ class ChecksumMismatch(TunelabError):
 
 
 class CheckpointNotStored(TunelabError):
-    status, code, title = 422, "checkpoint-not-stored", "Checkpoint file not in the store"
+    status, code, title = 422, ProblemCode.checkpoint_not_stored, "Checkpoint file not in the store"
 
 
 class StoreUnavailable(TunelabError):

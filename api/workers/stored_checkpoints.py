@@ -4,6 +4,7 @@ byte: the API never records a checkpoint it could not serve."""
 from api.artifacts.store import ArtifactStore, StoredMeta
 from api.web.errors import CheckpointNotStored
 from shared.messages import CheckpointRecord
+from shared.protocol import checkpoint_path
 
 
 def require_stored(store: ArtifactStore, job_id: str, record: CheckpointRecord) -> None:
@@ -11,7 +12,7 @@ def require_stored(store: ArtifactStore, job_id: str, record: CheckpointRecord) 
     if stored is None:
         raise CheckpointNotStored(
             f"checkpoint {record.name} was never uploaded; PUT it to "
-            f"/internal/v1/jobs/{job_id}/checkpoints/{record.name} first"
+            f"{checkpoint_path(job_id, record.name)} first"
         )
     if stored != StoredMeta(record.sha256, record.bytes):
         raise CheckpointNotStored(

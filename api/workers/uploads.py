@@ -22,13 +22,8 @@ from api.core.deps import SessionDep
 from api.jobs.ledger import holding_attempt
 from api.web.error_handlers import json_path
 from api.web.errors import BodyIncomplete, BodyTooLarge, ChecksumMismatch
-from shared.messages import (
-    ATTEMPT_HEADER,
-    CHECKPOINT_SHA256_HEADER,
-    LEASE_TOKEN_HEADER,
-    MAX_INT32,
-    AttemptPost,
-)
+from shared.messages import MAX_INT32, AttemptPost
+from shared.protocol import ATTEMPT_HEADER, CHECKPOINT_SHA256_HEADER, LEASE_TOKEN_HEADER
 
 # The header a mismatch names, as a 422 names a missing or malformed one.
 SHA256_FIELD = json_path(("header", CHECKPOINT_SHA256_HEADER))
