@@ -15,29 +15,17 @@ from starlette.concurrency import run_in_threadpool
 from api.artifacts.store import PLAIN_NAME
 from api.auth.deps import WorkerRoute
 from api.core.deps import DispatcherDep, SessionDep, SettingsDep, StoreDep, wake_scheduler
-from api.core.models import Job, JobStatus
 from api.jobs.downloads import checkpoint_response
-from api.jobs.ledger import (
-    claim_job,
-    dispatch,
-    finish_job,
-    holding_attempt,
-    record_epoch,
-    record_progress,
-    release_job,
-    renew_lease,
-    require_own_path,
-)
+from api.jobs.ledger import claim_job
 from api.jobs.reads import checkpoint_named, checkpoints_of
 from api.ops.metrics import attempt_started, epoch_recorded
-from api.studies.pruning import prune_after_epoch
 from api.web.errors import CheckpointNotFound
 from api.web.problem_docs import problem_responses
+from api.workers import attempts
 from api.workers import uploads as checkpoint_uploads
-from api.workers.stored_checkpoints import require_stored
+from api.workers.attempts import PostResult
 from api.workers.uploads import UploaderDep, check_sha256
 from shared.messages import (
-    CHECKPOINT_SHA256_HEADER,
     AttemptAnswer,
     CheckpointRecord,
     CheckpointStored,
@@ -48,13 +36,14 @@ from shared.messages import (
     HandBack,
     Heartbeat,
 )
+from shared.protocol import CHECKPOINT_SHA256_HEADER, CLAIM, JOBS_PREFIX, AttemptRoute
 from shared.spec import JobSpec
 
 # Every worker post may find that its attempt no longer holds the job, and an address past
 # its limit of failed worker authentications is refused. The routes are documented on their
 # own (api.workers.document), not in the public document.
 router = APIRouter(
-    prefix="/internal/v1/jobs",
+    prefix=JOBS_PREFIX,
     tags=["internal"],
     route_class=WorkerRoute,
     responses=problem_responses(409, 429),
@@ -63,30 +52,17 @@ router = APIRouter(
 CheckpointName = Annotated[str, Path(max_length=200, pattern=PLAIN_NAME)]
 # The upload streams its body and limits it itself (max_checkpoint_bytes), in place of the
 # limit every other request body gets (max_request_bytes).
-OWN_BODY_LIMITS = [("PUT", re.compile(r"/internal/v1/jobs/[^/]+/checkpoints/[^/]+"))]
+OWN_BODY_LIMITS = [("PUT", re.compile(rf"{re.escape(JOBS_PREFIX)}/[^/]+/checkpoints/[^/]+"))]
 OCTET_STREAM = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
-CANCELLED = AttemptAnswer(cancelled=True)
-PRUNED = AttemptAnswer(cancelled=False, pruned=True)
-CARRY_ON = AttemptAnswer(cancelled=False)
 
-
-def _free_trial_slot(request: Request, job: Job) -> None:
+def _free_trial_slot(request: Request, result: PostResult) -> None:
     """A trial ended: its slot can be filled now."""
-    if job.study_id is not None:
+    if result.trial_ended:
         wake_scheduler(request)
 
 
-def _stop_answer(job: Job) -> AttemptAnswer | None:
-    """What to tell an attempt whose job was stopped from outside it; None: carry on."""
-    if job.status == JobStatus.cancelled:
-        return CANCELLED
-    if job.status == JobStatus.pruned:
-        return PRUNED
-    return None
-
-
-@router.post("/{job_id}/claim", response_model=Claim)
+@router.post(f"/{{job_id}}/{CLAIM}", response_model=Claim)
 def claim(job_id: str, request: ClaimRequest, session: SessionDep, settings: SettingsDep) -> Claim:
     """Start a new attempt of a queued job (or of one whose lease expired)."""
     job = claim_job(session, job_id, request.worker, settings.lease_seconds)
@@ -104,7 +80,7 @@ def claim(job_id: str, request: ClaimRequest, session: SessionDep, settings: Set
     )
 
 
-@router.post("/{job_id}/epochs", response_model=AttemptAnswer)
+@router.post(f"/{{job_id}}/{AttemptRoute.epochs.value}", response_model=AttemptAnswer)
 def post_epoch(
     job_id: str,
     report: EpochReport,
@@ -114,71 +90,38 @@ def post_epoch(
     store: StoreDep,
 ) -> AttemptAnswer:
     """Record an epoch's metrics and its checkpoint (uploaded before); renews the lease."""
-    job = holding_attempt(session, job_id, report)
-    if (stop := _stop_answer(job)) is not None:
-        return stop
-    if report.checkpoint is not None:
-        require_own_path(job.id, report.checkpoint)
-        # Only a checkpoint the store holds with those bytes is recorded (422 otherwise):
-        # a record the API could not serve would be a resume point that is not there.
-        require_stored(store, job.id, report.checkpoint)
-    # A repeated post (record_epoch keeps the first) is not observed twice.
-    new_epoch = record_epoch(session, job, report.attempt, report.metrics, report.checkpoint)
-    renew_lease(job, settings.lease_seconds)
-    # A trial's epoch is told to its study's pruner, in the same transaction.
-    pruned = job.study_id is not None and prune_after_epoch(session, job, report.attempt)
-    session.commit()
-    if new_epoch:
+    result = attempts.post_epoch(session, job_id, report, store, settings.lease_seconds)
+    if result.new_epoch:
         epoch_recorded(report.metrics)
-    if pruned:
-        _free_trial_slot(request, job)
-        return PRUNED
-    return CARRY_ON
+    _free_trial_slot(request, result)
+    return result.answer
 
 
-@router.post("/{job_id}/heartbeat", response_model=AttemptAnswer)
+@router.post(f"/{{job_id}}/{AttemptRoute.heartbeat.value}", response_model=AttemptAnswer)
 def heartbeat(
     job_id: str, beat: Heartbeat, session: SessionDep, settings: SettingsDep
 ) -> AttemptAnswer:
     """Keep the lease alive through a long epoch."""
-    job = holding_attempt(session, job_id, beat)
-    if (stop := _stop_answer(job)) is not None:
-        return stop
-    renew_lease(job, settings.lease_seconds)
-    if beat.progress is not None:
-        record_progress(job, beat.progress)
-    session.add(job)
-    session.commit()
-    return CARRY_ON
+    return attempts.beat(session, job_id, beat, settings.lease_seconds).answer
 
 
-@router.post("/{job_id}/finish", response_model=AttemptAnswer)
+@router.post(f"/{{job_id}}/{AttemptRoute.finish.value}", response_model=AttemptAnswer)
 def finish(
     job_id: str, report: FinishReport, request: Request, session: SessionDep
 ) -> AttemptAnswer:
     """The attempt's end: succeeded, failed (with a reason) or stopped after a cancel."""
-    job = holding_attempt(session, job_id, report)
-    if (stop := _stop_answer(job)) is not None:
-        return stop
-    finish_job(session, job, report)
-    session.commit()
-    _free_trial_slot(request, job)
-    return CARRY_ON
+    result = attempts.finish(session, job_id, report)
+    _free_trial_slot(request, result)
+    return result.answer
 
 
-@router.post("/{job_id}/release", response_model=AttemptAnswer)
+@router.post(f"/{{job_id}}/{AttemptRoute.release.value}", response_model=AttemptAnswer)
 def release(
     job_id: str, report: HandBack, session: SessionDep, dispatcher: DispatcherDep
 ) -> AttemptAnswer:
     """The worker is shutting down: the job is queued again, for the next attempt to resume
     from its last checkpoint. A handed-back attempt does not count against max_attempts."""
-    job = holding_attempt(session, job_id, report)
-    if (stop := _stop_answer(job)) is not None:
-        return stop
-    release_job(session, job, report.attempt)
-    session.commit()
-    dispatch(session, dispatcher, job_id)
-    return CARRY_ON
+    return attempts.hand_back(session, job_id, report, dispatcher).answer
 
 
 @router.put(
