@@ -1,6 +1,9 @@
 """`tunelab`: the service's server commands and the client of its API.
 
-A command imports the api or the worker only when it runs, so `tunelab api` never loads torch.
+The operator's commands (the API, the workers, the dev stack, the database, keys and data)
+live in cli.operator; the commands that talk to the API over HTTP in cli.client. This module
+only names them. A command imports the api or the worker only when it runs, so `tunelab api`
+never loads torch.
 A failure a user can act on is one line on stderr: a setting exits with 2, anything else
 with 1.
 """
@@ -15,9 +18,17 @@ import typer
 from typer._click import ClickException
 from typer.core import TyperGroup
 
-from cli import jobs, server, studies
+from cli.client import jobs, studies
+from cli.client.job_watch import EXIT_HELP
 from cli.errors import CommandFailed
-from cli.job_watch import EXIT_HELP
+from cli.operator import (
+    api_command,
+    data_commands,
+    db_commands,
+    dev_command,
+    keys_commands,
+    worker_command,
+)
 
 app = typer.Typer(
     name="tunelab",
@@ -27,12 +38,12 @@ app = typer.Typer(
     # Plain tracebacks: rich's would print local variables, the API key among them.
     pretty_exceptions_enable=False,
 )
-app.command("api")(server.api)
-app.command("worker")(server.worker)
-app.command("dev")(server.dev)
-app.add_typer(server.db_app, name="db")
-app.add_typer(server.keys_app, name="keys")
-app.add_typer(server.data_app, name="data")
+app.command("api")(api_command.api)
+app.command("worker")(worker_command.worker)
+app.command("dev")(dev_command.dev)
+app.add_typer(db_commands.db_app, name="db")
+app.add_typer(keys_commands.keys_app, name="keys")
+app.add_typer(data_commands.data_app, name="data")
 app.command("submit", epilog=f"With --watch: {EXIT_HELP}")(jobs.submit)
 app.command("watch", epilog=EXIT_HELP)(jobs.watch)
 app.command("jobs")(jobs.jobs)

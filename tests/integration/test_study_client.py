@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cli.optuna_export import journal_storage
+from cli.client.optuna_export import journal_storage
 from tests.integration.stack import REPO_ROOT, Stack, wait_until
 
 pytestmark = pytest.mark.integration

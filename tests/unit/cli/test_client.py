@@ -6,7 +6,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from cli.client import ApiClient, ApiProblem, ApiUnreachable, ServerEvent, parse_events
+from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable, ServerEvent, parse_events
 
 PROBLEM = {"content-type": "application/problem+json"}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.gpu_workers import NoDevices, parse_gpus, visible_devices
+from cli.operator.gpu_workers import NoDevices, parse_gpus, visible_devices
 from tests.integration.stack import REPO_ROOT, wait_until
 
 # Stands in for `tunelab worker`: records its pid and the environment that concerns it, then
@@ -82,7 +82,7 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def supervise(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Starts `cli.gpu_workers.run` in a process of its own, the stand-in as each worker;
+    """Starts `cli.operator.gpu_workers.run` in a process of its own, the stand-in as each worker;
     whatever is still running at the end is killed."""
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
@@ -91,7 +91,7 @@ def supervise(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]
     def start(devices: list[str], **env: str) -> subprocess.Popen[bytes]:
         command = [sys.executable, str(script), str(tmp_path)]
         code = (
-            "import sys\nfrom cli.gpu_workers import run\n"
+            "import sys\nfrom cli.operator.gpu_workers import run\n"
             f"sys.exit(run({devices!r}, 'node-7', command={command!r}))"
         )
         process = subprocess.Popen(

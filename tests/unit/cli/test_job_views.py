@@ -5,7 +5,7 @@ import io
 
 from rich.console import Console, RenderableType
 
-from cli.job_views import (
+from cli.client.job_views import (
     compare_json,
     compare_view,
     epoch_line,
@@ -14,7 +14,7 @@ from cli.job_views import (
     progress_line,
     summary_line,
 )
-from cli.spec_diff import MISSING, differences, flatten
+from cli.client.spec_diff import MISSING, differences, flatten
 from tests.unit.cli.jobs_json import job_json, row_json, spec_json
 
 

@@ -15,12 +15,12 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from cli import checkpoints, job_watch, jobs
-from cli.client import ApiClient, ApiProblem, ApiUnreachable
+from cli.client import checkpoints, job_watch, jobs
+from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable
+from cli.client.job_watch import EXIT_CODES, PlainDisplay, follow
+from cli.client.plots import Curves, plot
 from cli.errors import CommandFailed
-from cli.job_watch import EXIT_CODES, PlainDisplay, follow
 from cli.main import app, main, parse_args
-from cli.plots import Curves, plot
 from tests.unit.cli.jobs_json import checkpoint_json, job_json, row_json, spec_json
 
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -14,7 +14,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from cli.optuna_export import journal_storage, study_name, write_study
+from cli.client.optuna_export import journal_storage, study_name, write_study
 from shared.study_spec import StudySpec, encode_choice
 from tests.integration.stack import free_port, wait_until
 

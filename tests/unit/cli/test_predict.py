@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cli.client.predict import Prediction, predict_files, read_image
 from cli.errors import CommandFailed
-from cli.predict import Prediction, predict_files, read_image
 from shared.spec import JobSpec
 from worker.training.checkpoints import Checkpointing
 from worker.training.model import build_for_training

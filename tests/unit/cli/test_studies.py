@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from rich.console import Console, RenderableType
 
-from cli.client import ApiClient, ServerEvent
-from cli.studies import follow
-from cli.study_views import event_line, study_view, trials_table
+from cli.client.http_client import ApiClient, ServerEvent
+from cli.client.studies import follow
+from cli.client.study_views import event_line, study_view, trials_table
 from shared.study_spec import StudySpec
 
 

@@ -10,8 +10,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.client import ServerEvent
-from cli.formatting import format_duration, format_time, format_value, plural, styled_state
+from cli.client.formatting import format_duration, format_time, format_value, plural, styled_state
+from cli.client.http_client import ServerEvent
 
 TRIAL_STATES = ("queued", "running", "succeeded", "pruned", "infeasible", "failed", "cancelled")
 

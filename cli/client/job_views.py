@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.formatting import (
+from cli.client.formatting import (
     format_duration,
     format_seconds,
     format_time,
@@ -19,7 +19,7 @@ from cli.formatting import (
     plural,
     styled_state,
 )
-from cli.spec_diff import MISSING, differences
+from cli.client.spec_diff import MISSING, differences
 
 # --- numbers ----------------------------------------------------------------------------
 

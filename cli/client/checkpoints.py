@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cli.client import ApiClient, job_path
+from cli.client.http_client import ApiClient, job_path
 from cli.errors import CommandFailed
 
 CHUNK_BYTES = 1 << 20

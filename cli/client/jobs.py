@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import checkpoints
-from cli.client import ApiClient, connect, job_path
-from cli.documents import print_json, read_json
+from cli.client import checkpoints
+from cli.client.documents import print_json, read_json
+from cli.client.formatting import console
+from cli.client.http_client import ApiClient, connect, job_path
+from cli.client.job_views import compare_json, compare_view, job_view, jobs_table
+from cli.client.job_watch import follow
 from cli.errors import CommandFailed
-from cli.formatting import console
-from cli.job_views import compare_json, compare_view, job_view, jobs_table
-from cli.job_watch import follow
 
 # The API's largest page: longer listings are fetched page by page.
 PAGE_LIMIT = 100
@@ -207,8 +207,8 @@ def plot(
     """Learning curves (loss, accuracy and lr per epoch) of one or more jobs; an LR range
     test's loss against lr, its suggestion marked."""
     # matplotlib takes a while to import: only this command pays for it.
-    from cli.plots import Curves
-    from cli.plots import plot as draw
+    from cli.client.plots import Curves
+    from cli.client.plots import plot as draw
 
     curves = []
     with connect() as client:
@@ -267,7 +267,7 @@ def predict(
     tab-separated, a line per image."""
     try:
         # PyTorch loads here and only here: no other client command needs it.
-        from cli.predict import predict_files
+        from cli.client.predict import predict_files
     except ImportError as error:
         raise CommandFailed(
             f"predict needs PyTorch ({error.name} is missing): pip install 'tunelab[worker]'"

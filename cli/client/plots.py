@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cli.job_views import format_lr, label, lr_range_result
+from cli.client.job_views import format_lr, label, lr_range_result
 
 PANEL_INCHES = (5.0, 4.0)
 DPI = 100

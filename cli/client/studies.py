@@ -17,17 +17,17 @@ from tenacity import (
     wait_exponential,
 )
 
-from cli.client import ApiClient, ApiUnreachable, ServerEvent, connect
-from cli.documents import print_json, read_json
-from cli.errors import CommandFailed
-from cli.formatting import console
-from cli.study_views import (
+from cli.client.documents import print_json, read_json
+from cli.client.formatting import console
+from cli.client.http_client import ApiClient, ApiUnreachable, ServerEvent, connect
+from cli.client.study_views import (
     event_line,
     format_counts,
     study_view,
     summary_line,
     trials_table,
 )
+from cli.errors import CommandFailed
 
 app = typer.Typer(help="hyperparameter studies", no_args_is_help=True)
 
@@ -190,7 +190,7 @@ def export(
     if output.exists() and not force:
         raise CommandFailed(f"{output} exists; pass --force to replace it")
     # Optuna takes a second to import: only this command pays for it.
-    from cli.optuna_export import study_name, write_study
+    from cli.client.optuna_export import study_name, write_study
 
     with connect() as client:
         study = client.get(study_path(study_id))

@@ -22,10 +22,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
-from cli.client import ApiClient, ApiProblem, ApiUnreachable, ServerEvent, job_path
+from cli.client.formatting import console, format_seconds
+from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable, ServerEvent, job_path
+from cli.client.job_views import (
+    epoch_line,
+    progress_line,
+    progress_title,
+    status_line,
+    summary_line,
+)
 from cli.errors import CommandFailed
-from cli.formatting import console, format_seconds
-from cli.job_views import epoch_line, progress_line, progress_title, status_line, summary_line
 
 # How a watch exits; 2 stays the exit status of a wrong command line or setting.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3, "pruned": 4}
