@@ -5,11 +5,9 @@ same message cannot both train the job; every later write names its attempt and
 lease token, and a write from an attempt that no longer holds the job is refused.
 """
 
-import hashlib
-import json
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, update
 from sqlmodel import Session, col, select
@@ -23,14 +21,12 @@ from api.core.models import (
     Job,
     JobStatus,
     JobTag,
-    Study,
-    Tenant,
     utcnow,
 )
+from api.core.submissions import open_submission
 from api.jobs.live_progress import LiveProgress
 from api.web.errors import (
     CheckpointRefused,
-    IdempotencyConflict,
     JobNotCancellable,
     JobNotClaimable,
     JobNotDeletable,
@@ -48,42 +44,9 @@ from shared.messages import (
 from shared.spec import JobSpec
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
-# What a POST with an Idempotency-Key makes.
-Replayable = TypeVar("Replayable", Job, Study)
 # How long a tenant at its concurrent-job limit is asked to wait: about an epoch of a
 # small model, when a slot may have come free.
 JOB_SLOT_RETRY_SECONDS = 30
-
-
-def request_hash(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def find_replay(
-    session: Session, table: type[Replayable], tenant_id: str, key: str, body_hash: str
-) -> Replayable | None:
-    """The job (or study) an earlier request with this Idempotency-Key made, if any."""
-    row = session.exec(
-        select(table).where(table.tenant_id == tenant_id, table.idempotency_key == key)
-    ).first()
-    if row is not None and row.request_hash != body_hash:
-        raise IdempotencyConflict(
-            "this Idempotency-Key was used with a different body; use a new key for a new request"
-        )
-    return row
-
-
-def lock_tenant(session: Session, tenant_id: str) -> None:
-    """Holds the tenant's row until the transaction ends, so that one tenant's submissions
-    count and insert one at a time. A no-op update rather than SELECT ... FOR UPDATE: on
-    PostgreSQL both take the row lock, and on SQLite (which has no FOR UPDATE) the update
-    takes the database's write lock, which serialises writers just the same."""
-    session.execute(
-        update(Tenant)
-        .where(col(Tenant.id) == tenant_id)
-        .values(name=col(Tenant.name))
-        .execution_options(synchronize_session=False)
-    )
 
 
 def reserve_job_slot(session: Session, tenant_id: str, max_active_jobs: int) -> None:
@@ -143,13 +106,9 @@ def create_job(
     are counted under the tenant's row lock, so N simultaneous submissions at the limit
     accept exactly as many as there are free slots.
     """
-    lock_tenant(session, tenant_id)
-    if idempotency_key is not None:
-        replayed = find_replay(session, Job, tenant_id, idempotency_key, body_hash)
-        if replayed is not None:
-            # Ends the transaction (and the lock) without expiring what was read.
-            session.commit()
-            return replayed, False
+    replayed = open_submission(session, Job, tenant_id, idempotency_key, body_hash)
+    if replayed is not None:
+        return replayed, False
     reserve_job_slot(session, tenant_id, max_active_jobs)
     job = add_job(
         session, tenant_id, spec, analysis, idempotency_key=idempotency_key, request_hash=body_hash

@@ -8,10 +8,11 @@ from fastapi.responses import StreamingResponse
 from api.auth.deps import TenantDep
 from api.core.deps import DispatcherDep, SessionDep, SettingsDep, StoreDep
 from api.core.models import JobStatus
+from api.core.submissions import request_hash
 from api.jobs.deps import JobDep
 from api.jobs.downloads import checkpoint_response
 from api.jobs.events import EVENT_DATA, JobStream, events_description, job_events_since
-from api.jobs.ledger import cancel_job, create_job, delete_job, dispatch, request_hash
+from api.jobs.ledger import cancel_job, create_job, delete_job, dispatch
 from api.jobs.reads import (
     JobFilter,
     checkpoint_named,

@@ -8,7 +8,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from api.core.models import Job, Study, StudyStatus, TrialRow, utcnow
-from api.jobs.ledger import add_job, cancel_job, find_replay, lock_tenant, reserve_job_slot
+from api.core.submissions import lock_tenant, open_submission
+from api.jobs.ledger import add_job, cancel_job, reserve_job_slot
 from api.studies.reads import active_trial_jobs
 from api.web.errors import JobNotCancellable, StudyNotCancellable
 from shared.analysis import Analysis
@@ -24,12 +25,9 @@ def create_study(
     body_hash: str,
 ) -> tuple[Study, bool]:
     """Stores a study (queued until its first trial); returns it and whether it is new."""
-    lock_tenant(session, tenant_id)
-    if idempotency_key is not None:
-        replayed = find_replay(session, Study, tenant_id, idempotency_key, body_hash)
-        if replayed is not None:
-            session.commit()
-            return replayed, False
+    replayed = open_submission(session, Study, tenant_id, idempotency_key, body_hash)
+    if replayed is not None:
+        return replayed, False
     study = Study(
         tenant_id=tenant_id,
         name=spec.name,

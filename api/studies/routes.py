@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 from api.auth.deps import TenantDep
 from api.core.deps import SessionDep, SettingsDep, wake_scheduler
 from api.core.models import StudyStatus
-from api.jobs.ledger import request_hash
+from api.core.submissions import request_hash
 from api.studies.deps import StudyDep
 from api.studies.events import EVENT_DATA, StreamState, study_events_description, study_events_since
 from api.studies.ledger import cancel_study, create_study

@@ -1,0 +1,67 @@
+"""How every submission of a tenant opens (a job or a study): the tenant's row is locked for
+the transaction, and a request that repeats an earlier one's Idempotency-Key gets what the
+earlier one made."""
+
+import hashlib
+import json
+from typing import Any, TypeVar
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from api.core.models import Job, Study, Tenant
+from api.web.errors import IdempotencyConflict
+
+# What a POST with an Idempotency-Key makes.
+Replayable = TypeVar("Replayable", Job, Study)
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Holds the tenant's row until the transaction ends, so that one tenant's submissions
+    count and insert one at a time. A no-op update rather than SELECT ... FOR UPDATE: on
+    PostgreSQL both take the row lock, and on SQLite (which has no FOR UPDATE) the update
+    takes the database's write lock, which serialises writers just the same."""
+    session.execute(
+        update(Tenant)
+        .where(col(Tenant.id) == tenant_id)
+        .values(name=col(Tenant.name))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def find_replay(
+    session: Session, table: type[Replayable], tenant_id: str, key: str, body_hash: str
+) -> Replayable | None:
+    """The job (or study) an earlier request with this Idempotency-Key made, if any."""
+    row = session.exec(
+        select(table).where(table.tenant_id == tenant_id, table.idempotency_key == key)
+    ).first()
+    if row is not None and row.request_hash != body_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used with a different body; use a new key for a new request"
+        )
+    return row
+
+
+def open_submission(
+    session: Session,
+    table: type[Replayable],
+    tenant_id: str,
+    idempotency_key: str | None,
+    body_hash: str,
+) -> Replayable | None:
+    """Locks the tenant's row, then looks for the replayed request's job or study. Found: the
+    transaction ends (and the lock with it) and it is returned. None: a new submission, to be
+    made under the lock, in the transaction this opened."""
+    lock_tenant(session, tenant_id)
+    if idempotency_key is None:
+        return None
+    replayed = find_replay(session, table, tenant_id, idempotency_key, body_hash)
+    if replayed is not None:
+        # Ends the transaction (and the lock) without expiring what was read.
+        session.commit()
+    return replayed
