@@ -18,7 +18,6 @@ a duplicate message is harmless, since a claim is a compare-and-set too.
 """
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +26,7 @@ from sqlalchemy import ColumnElement, Engine, and_, or_, update
 from sqlmodel import Session, col, select
 
 from api.core.dispatch import Dispatcher
-from api.core.leases import LoopLease
+from api.core.loops import LeasedLoop
 from api.core.models import AttemptOutcome, AttemptRow, Job, JobStatus, as_utc, utcnow
 from api.jobs.ledger import attempts_of, dispatch, end_attempt
 from api.ops.metrics import lease_expired
@@ -173,7 +172,7 @@ def _send_undelivered(
             )
 
 
-class Sweeper:
+class Sweeper(LeasedLoop):
     """Runs `sweep` every `sweep_seconds` on a daemon thread until stopped, while this process
     holds the sweeper lease.
 
@@ -185,29 +184,13 @@ class Sweeper:
     """
 
     def __init__(self, engine: Engine, dispatcher: Dispatcher, settings: Settings) -> None:
-        self.engine, self.dispatcher, self.settings = engine, dispatcher, settings
-        self.interval = settings.sweep_seconds
-        self.lease = LoopLease(LEASE_NAME, self.interval, self)
+        super().__init__(LEASE_NAME, engine, settings.sweep_seconds, run_at_start=False)
+        self.dispatcher, self.settings = dispatcher, settings
         self._started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dispatch-sweep", daemon=True)
 
     def start(self) -> None:
         self._started = time.monotonic()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.lease.seconds + 10)
-        self.lease.release(self.engine)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
-                log.exception("dispatch sweep failed")
+        super().start()
 
     def run_once(self) -> SweepCounts | None:
         """One sweep, if this process holds the lease (None if another does)."""

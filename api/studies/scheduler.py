@@ -9,7 +9,6 @@ runs more than `max_trials` search trials.
 """
 
 import logging
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,7 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.core.dispatch import Dispatcher
-from api.core.leases import LoopLease
+from api.core.loops import LeasedLoop
 from api.core.models import Study
 from api.jobs.ledger import dispatch
 from api.studies.ledger import add_infeasible_trial, add_trial_job, finish_study, save_importances
@@ -68,7 +67,7 @@ def search_target(spec: StudySpec) -> int:
 def advance(session: Session, study: Study, dispatcher: Dispatcher, settings: Settings) -> None:
     """One pass over a running study: new trials into free slots, confirmation runs once the
     search is done, importances when more trials finished, and the end when all are done."""
-    spec = StudySpec.model_validate(study.spec)
+    spec = study.parsed_spec()
     context = StudyContext(session, study, spec, dispatcher, settings)
     target = search_target(spec)
     views = study_trials(session, study)
@@ -218,40 +217,14 @@ def _refresh_importances(
     save_importances(session, study, found, finished)
 
 
-class StudyScheduler:
+class StudyScheduler(LeasedLoop):
     """Runs `advance` over every running study every `schedule_seconds`, on a daemon thread,
     while this process holds the scheduler lease. `wake()` runs a pass at once (a trial was
     pruned or a study submitted here)."""
 
     def __init__(self, engine: Engine, dispatcher: Dispatcher, settings: Settings) -> None:
-        self.engine, self.dispatcher, self.settings = engine, dispatcher, settings
-        self.interval = settings.schedule_seconds
-        self.lease = LoopLease(LEASE_NAME, self.interval, self)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="study-scheduler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.lease.seconds + 10)
-        self.lease.release(self.engine)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - a failed pass is retried at the next tick
-                log.exception("study scheduling failed")
-            self._wake.wait(self.interval)
-            self._wake.clear()
+        super().__init__(LEASE_NAME, engine, settings.schedule_seconds, run_at_start=True)
+        self.dispatcher, self.settings = dispatcher, settings
 
     def run_once(self) -> bool:
         """One pass over every running study, if this process holds the lease."""
@@ -259,7 +232,7 @@ class StudyScheduler:
             if not self.lease.hold(session):
                 return False
             for study in active_studies(session):
-                if self._stop.is_set():
+                if self.stopping:
                     break
                 try:
                     advance(session, study, self.dispatcher, self.settings)
