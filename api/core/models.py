@@ -9,6 +9,7 @@ from sqlmodel import Field, SQLModel
 
 from api.core.ids import new_id
 from shared.job_states import JobStatus
+from shared.study_spec import StudySpec
 
 # Deterministic constraint names, so migrations can find them on every database.
 SQLModel.metadata.naming_convention = {
@@ -203,6 +204,19 @@ class Study(SQLModel, table=True):
     importances_trials: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
+
+    def parsed_spec(self) -> StudySpec:
+        """`spec` as a StudySpec, parsed once per loaded row (a stored spec never changes):
+        every step of a request or a scheduler pass reads this one."""
+        parsed: StudySpec | None = self.__dict__.get(_PARSED_SPEC)
+        if parsed is None:
+            parsed = StudySpec.model_validate(self.spec)
+            # Beside the mapped columns, not one of them: SQLAlchemy and pydantic ignore it.
+            object.__setattr__(self, _PARSED_SPEC, parsed)
+        return parsed
+
+
+_PARSED_SPEC = "_parsed_spec"
 
 
 class TrialRow(SQLModel, table=True):

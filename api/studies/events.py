@@ -14,7 +14,6 @@ from api.core.models import Study, StudyStatus
 from api.studies.reads import study_trials, trial_public
 from api.studies.schemas import TrialState
 from api.web.sse import frame
-from shared.study_spec import StudySpec
 
 
 @dataclass
@@ -75,7 +74,7 @@ def study_events_since(engine: Engine, study_id: str, sent: StreamState) -> tupl
         study = session.get(Study, study_id)
         if study is None:
             return [sent.frame("status", StudyStatusEvent(status="unknown").model_dump())], True
-        objective = StudySpec.model_validate(study.spec).objective
+        objective = study.parsed_spec().objective
         frames = []
         for view in study_trials(session, study):
             trial = trial_public(view, objective)

@@ -7,7 +7,6 @@ from api.core.models import Job, Study, StudyStatus
 from api.jobs.ledger import prune_job
 from api.studies.optuna_bridge import decide_pruning
 from api.studies.reads import optuna_records, study_trials, trial_of_job
-from shared.study_spec import StudySpec
 
 
 def prune_after_epoch(session: Session, job: Job, attempt: int) -> bool:
@@ -17,7 +16,7 @@ def prune_after_epoch(session: Session, job: Job, attempt: int) -> bool:
     trial = trial_of_job(session, job)
     if study is None or trial is None or trial.confirms is not None:
         return False  # confirmation runs always train to the end
-    spec = StudySpec.model_validate(study.spec)
+    spec = study.parsed_spec()
     if spec.pruner.name == "none" or job.epochs_completed >= job.epochs:
         return False
     if StudyStatus(study.status).finished:

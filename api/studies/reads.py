@@ -97,7 +97,7 @@ def new_trial_view(row: TrialRow, job: Job | None = None) -> TrialView:
 def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[TrialView]]:
     """Every trial of `studies`, by study id, in trial order."""
     ids = [study.id for study in studies]
-    objectives = {study.id: StudySpec.model_validate(study.spec).objective for study in studies}
+    objectives = {study.id: study.parsed_spec().objective for study in studies}
     views: dict[str, list[TrialView]] = {study_id: [] for study_id in ids}
     if not ids:
         return views
@@ -178,7 +178,7 @@ def trial_public(view: TrialView, objective: Objective) -> TrialPublic:
 
 
 def leaderboard(study: Study, views: Sequence[TrialView], order: str = "number") -> TrialList:
-    objective = StudySpec.model_validate(study.spec).objective
+    objective = study.parsed_spec().objective
     items = [trial_public(view, objective) for view in views]
     if order == "value":
         # Best first; trials without a value yet come last, in number order.
@@ -240,7 +240,7 @@ def counts(views: Sequence[TrialView]) -> TrialCounts:
 
 
 def study_public(study: Study, views: Sequence[TrialView]) -> StudyPublic:
-    spec = StudySpec.model_validate(study.spec)
+    spec = study.parsed_spec()
     ranked = ranked_search_trials(spec, views)
     best = None
     if ranked and (value := ranked[0].value(spec.objective)) is not None and ranked[0].job:
