@@ -45,9 +45,9 @@ from optuna.samplers import (
     RandomSampler,
     TPESampler,
 )
-from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from api.studies.optuna_storage import StoredStudy
 from shared.study_spec import (
     CategoricalDistribution,
     Distribution,
@@ -195,21 +195,15 @@ def rebuild(
     sampler_state: dict[str, Any],
     records: Sequence[TrialRecord],
     sampler: BaseSampler | None = None,
-) -> optuna.Study:
+) -> StoredStudy:
     """An in-memory Optuna study holding the ledger's trials, in the order of their numbers."""
-    storage = InMemoryStorage()
-    study = optuna.create_study(
-        storage=storage,
-        sampler=sampler or RandomSampler(),
-        pruner=make_pruner(spec),
-        study_name=study_id,
-        direction=spec.objective.direction,
+    stored = StoredStudy.create(
+        study_id, sampler or RandomSampler(), make_pruner(spec), spec.objective.direction
     )
-    for key, value in sampler_state.items():
-        storage.set_study_system_attr(study._study_id, key, value)
+    stored.set_study_attrs(sampler_state)
     for record in sorted(records, key=lambda r: r.number):
-        study.add_trial(_frozen(spec, record))
-    return study
+        stored.study.add_trial(_frozen(spec, record))
+    return stored
 
 
 @dataclass
@@ -228,14 +222,13 @@ def ask(
 ) -> Asked:
     """The next trial's parameters, from the sampler told every trial so far."""
     number = len(records)
-    study = rebuild(study_id, spec, sampler_state, records, make_sampler(spec, number))
-    trial = study.ask(distributions(spec))
-    storage = study._storage
+    stored = rebuild(study_id, spec, sampler_state, records, make_sampler(spec, number))
+    trial = stored.study.ask(distributions(spec))
     return Asked(
         number=trial.number,
         params=decoded(spec, trial.params),
-        system_attrs=dict(storage.get_trial_system_attrs(trial._trial_id)),
-        sampler_state=dict(storage.get_study_system_attrs(study._study_id)),
+        system_attrs=stored.trial_attrs(trial.number),
+        sampler_state=stored.study_attrs(),
     )
 
 
@@ -268,10 +261,11 @@ def decide_pruning(
     number: int,
 ) -> PruneDecision:
     """Whether the pruner stops trial `number` (running, with its values so far)."""
-    study = rebuild(study_id, spec, sampler_state, records)
+    stored = rebuild(study_id, spec, sampler_state, records)
+    study = stored.study
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     prune = study.pruner.prune(study, trial)
-    attrs = dict(study._storage.get_trial_system_attrs(trial._trial_id))
+    attrs = stored.trial_attrs(number)
     step = trial.last_step
     reason = ""
     if prune and step is not None:
@@ -290,7 +284,7 @@ def importances(
     complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCES or len(spec.space) < 1:
         return None
-    study = rebuild(study_id, spec, {}, complete)
+    study = rebuild(study_id, spec, {}, complete).study
     try:
         found = get_param_importances(
             study, evaluator=FanovaImportanceEvaluator(seed=spec.sampler.seed)
