@@ -173,11 +173,6 @@ def checkpoint_named(session: Session, job_id: str, name: str) -> CheckpointRow 
     return session.get(CheckpointRow, (job_id, name))
 
 
-def job_status(session: Session, job_id: str) -> JobStatus | None:
-    status = session.exec(select(Job.status).where(Job.id == job_id)).first()
-    return JobStatus(status) if status is not None else None
-
-
 def _latest_metrics(session: Session, job_ids: list[str]) -> dict[str, EpochMetricRow]:
     newest = (
         select(EpochMetricRow.job_id, func.max(EpochMetricRow.epoch).label("epoch"))

@@ -39,7 +39,6 @@ from shared.spec import JobSpec, Tag
 from shared.strict import PRINTABLE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-BINARY = {"type": "string", "format": "binary"}
 # A page's cursor: the last job's id, or (best first) its accuracy and id; see api.jobs.reads.
 # Stated exactly, so that every cursor the schema admits is one the server can page from.
 JOB_ID = r"job_[0-9a-f]{24}"
