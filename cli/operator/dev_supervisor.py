@@ -1,12 +1,13 @@
-"""`tunelab dev`'s supervisor: the API and one worker as child processes, a banner once the
-API answers, and both stopped when either exits, on Ctrl-C or on SIGTERM."""
+"""`tunelab dev`'s supervisor: the API and one worker as child processes
+(cli.operator.child_processes), a banner once the API answers, and both stopped when either
+exits, on Ctrl-C or on SIGTERM."""
 
-import signal
-import subprocess
 import sys
 import time
 
 import httpx
+
+from cli.operator.child_processes import ChildProcesses
 
 DEV_BANNER = """
 Tunelab is running on the embedded default ({database}, filesystem broker).
@@ -18,25 +19,35 @@ Tunelab is running on the embedded default ({database}, filesystem broker).
                 -H 'Content-Type: application/json' -d '{{}}'
 Ctrl-C stops the API and the worker.
 """
+# How long the API and the worker have to exit after SIGTERM, before they are killed.
+STOP_GRACE_SECONDS = 20.0
 
 
 def run(host: str, port: int, *, key: str, tenant: str, database: str) -> int:
     """Starts `tunelab api` and `tunelab worker`, supervises them; their exit status."""
     tunelab = [sys.executable, "-m", "cli.main"]
-    processes = [
-        subprocess.Popen([*tunelab, "api", "--host", host, "--port", str(port)]),
-        subprocess.Popen([*tunelab, "worker"]),
-    ]
-    reachable = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"http://{reachable}:{port}"
-    if wait_for_api(url, processes):
-        print(DEV_BANNER.format(url=url, key=key, tenant=tenant, database=database), flush=True)
-    return supervise(processes)
+    with ChildProcesses(stop_grace=STOP_GRACE_SECONDS) as children:
+        children.start("api", [*tunelab, "api", "--host", host, "--port", str(port)])
+        children.start("worker", [*tunelab, "worker"])
+        reachable = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        url = f"http://{reachable}:{port}"
+        if wait_for_api(url, children):
+            print(DEV_BANNER.format(url=url, key=key, tenant=tenant, database=database), flush=True)
+        exited = children.wait_for_signal_or_exit()
+        if exited is None:
+            return 0
+        print("tunelab: a process exited; stopping the others", file=sys.stderr)
+        return children.processes[exited].returncode or 1
 
 
-def wait_for_api(url: str, processes: list[subprocess.Popen[bytes]]) -> bool:
+def wait_for_api(url: str, children: ChildProcesses) -> bool:
+    """Whether the API answered its health check within a minute, while both ran."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+    while (
+        time.monotonic() < deadline
+        and not children.stop_signals
+        and children.first_exited() is None
+    ):
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return True
@@ -44,31 +55,3 @@ def wait_for_api(url: str, processes: list[subprocess.Popen[bytes]]) -> bool:
             pass
         time.sleep(0.3)
     return False
-
-
-def supervise(processes: list[subprocess.Popen[bytes]]) -> int:
-    def stop(*_args: object) -> None:
-        raise KeyboardInterrupt
-
-    # Set explicitly: a shell starting us in the background hands us SIGINT ignored.
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    code = 0
-    try:
-        while all(process.poll() is None for process in processes):
-            time.sleep(0.5)
-        code = next(p.returncode for p in processes if p.returncode is not None) or 1
-        print("tunelab: a process exited; stopping the others", file=sys.stderr)
-    except KeyboardInterrupt:
-        pass
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + 20
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return code
