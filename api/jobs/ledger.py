@@ -1,5 +1,12 @@
 """The job ledger: every change of a job's state, each in one transaction.
 
+Who commits: a function that a route, a loop or a service calls for a whole change (create,
+cancel, delete, claim, dispatch) owns its transaction and ends it before it returns. The
+steps that larger units of work are made of (add_job, end_attempt, record_epoch,
+renew_lease, record_progress, prune_job, finish_job, release_job) only add to the caller's
+transaction and say so; they never commit. The attempt posts that use them are one call
+each, in api.workers.attempts.
+
 Claims are a compare-and-set on the jobs row, so two workers that receive the
 same message cannot both train the job; every later write names its attempt and
 lease token, and a write from an attempt that no longer holds the job is refused.
@@ -76,7 +83,7 @@ def add_job(
     name: str | None = None,
     **fields: Any,
 ) -> Job:
-    """Adds a new queued job and its tag rows to the session; the caller commits."""
+    """Adds a new queued job and its tag rows, in the caller's transaction."""
     job = Job(
         tenant_id=tenant_id,
         name=name or spec.name,
@@ -134,7 +141,7 @@ def dispatch(
 
 
 def end_attempt(session: Session, job_id: str, attempt: int, outcome: AttemptOutcome) -> None:
-    """Closes an attempt's row if it is still open; the caller commits."""
+    """Closes an attempt's row if it is still open, in the caller's transaction."""
     session.execute(
         update(AttemptRow)
         .where(
@@ -222,7 +229,7 @@ def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) 
 
 def release_job(session: Session, job: Job, attempt: int) -> None:
     """A worker that shuts down gives its job back: queued again, to resume from its last
-    checkpoint. The caller has checked that `attempt` holds the job."""
+    checkpoint; in the caller's transaction, which has checked that `attempt` holds the job."""
     job.status = JobStatus.queued
     job.worker = job.lease_token = job.lease_expires_at = job.dispatched_at = None
     job.dispatches = 0
@@ -246,8 +253,8 @@ def holding_attempt(session: Session, job_id: str, post: AttemptPost) -> Job:
 
 
 def prune_job(session: Session, job: Job, attempt: int, reason: str) -> None:
-    """The study's pruner stopped the trial after its last recorded epoch; the caller
-    commits. The attempt hears of it in the answer to its post."""
+    """The study's pruner stopped the trial after its last recorded epoch, in the caller's
+    transaction. The attempt hears of it in the answer to its post."""
     job.status = JobStatus.pruned
     job.finished_at = utcnow()
     job.lease_expires_at = None
@@ -257,11 +264,12 @@ def prune_job(session: Session, job: Job, attempt: int, reason: str) -> None:
 
 
 def renew_lease(job: Job, lease_seconds: float) -> None:
+    """Extends the attempt's lease from now, in the caller's transaction."""
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
 
 
 def record_progress(job: Job, progress: BatchProgress) -> None:
-    """Keeps a heartbeat's progress within the epoch; the caller commits."""
+    """Keeps a heartbeat's progress within the epoch, in the caller's transaction."""
     job.live_progress = LiveProgress.stored(progress)
 
 
@@ -308,7 +316,7 @@ def record_epoch(
     checkpoint: CheckpointRecord | None,
 ) -> bool:
     """Idempotent by (job, epoch) and (job, checkpoint name): a repeated post changes nothing.
-    Whether the epoch was new."""
+    Whether the epoch was new. In the caller's transaction."""
     if checkpoint is not None:
         require_own_path(job.id, checkpoint)
     new = session.get(EpochMetricRow, (job.id, metrics.epoch)) is None
@@ -331,6 +339,7 @@ def record_epoch(
 
 
 def finish_job(session: Session, job: Job, report: FinishReport) -> None:
+    """The attempt's reported end, in the caller's transaction."""
     job.status = report.status
     job.finished_at = utcnow()
     job.lease_expires_at = None
