@@ -1,4 +1,12 @@
-"""Server-Sent Events streams that poll the ledger: framing, keep-alive, disconnects."""
+"""Server-Sent Events streams that poll the ledger: framing, keep-alive, disconnects.
+
+FastAPI's own `fastapi.sse.EventSourceResponse` (0.165) was weighed and does not fit:
+its keep-alive interval is a private module constant (`_PING_INTERVAL`, 15 s), while ours
+is a setting (TUNELAB_EVENTS_KEEPALIVE_SECONDS) that deployments and tests shorten; it
+writes its own schema for the stream into the OpenAPI document, in place of the `oneOf`
+per event that generated clients read (api-v1 fixes that document); and a route built on
+it yields events with no hook for the first `retry:` field before any event.
+"""
 
 import asyncio
 import time
