@@ -4,8 +4,8 @@ FastAPI's own `fastapi.sse.EventSourceResponse` (0.165) was weighed and does not
 its keep-alive interval is a private module constant (`_PING_INTERVAL`, 15 s), while ours
 is a setting (TUNELAB_EVENTS_KEEPALIVE_SECONDS) that deployments and tests shorten; it
 writes its own schema for the stream into the OpenAPI document, in place of the `oneOf`
-per event that generated clients read (api-v1 fixes that document); and a route built on
-it yields events with no hook for the first `retry:` field before any event.
+per event that generated clients read (api-v1 fixes that document). Its keep-alive comment
+(`: ping`) would also differ from the `: keep-alive` that clients have been told of.
 """
 
 import asyncio
