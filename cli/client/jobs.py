@@ -4,7 +4,6 @@ statuses)."""
 
 import sys
 import tempfile
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,23 +16,10 @@ from cli.client.http_client import ApiClient, connect, job_path
 from cli.client.job_views import compare_json, compare_view, job_view, jobs_table
 from cli.client.job_watch import follow
 from cli.errors import CommandFailed
+from shared.job_states import JobOrder, JobStatus
 
 # The API's largest page: longer listings are fetched page by page.
 PAGE_LIMIT = 100
-
-
-class Status(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-    pruned = "pruned"
-
-
-class Order(StrEnum):
-    created_at = "created_at"
-    test_accuracy = "test_accuracy"
 
 
 JobId = Annotated[str, typer.Argument(metavar="JOB", help="the job's id")]
@@ -117,12 +103,12 @@ def watch(job_id: JobId) -> None:
 
 
 def jobs(
-    status: Annotated[Status | None, typer.Option(help="only jobs in this status")] = None,
+    status: Annotated[JobStatus | None, typer.Option(help="only jobs in this status")] = None,
     tag: Annotated[str | None, typer.Option(metavar="T", help="only jobs with this tag")] = None,
     name: Annotated[str | None, typer.Option(metavar="N", help="only jobs of this name")] = None,
     order: Annotated[
-        Order, typer.Option(help="`created_at`: newest first; `test_accuracy`: best first")
-    ] = Order.created_at,
+        JobOrder, typer.Option(help="`created_at`: newest first; `test_accuracy`: best first")
+    ] = JobOrder.created_at,
     limit: Annotated[int, typer.Option(min=1, help="at most this many jobs")] = 20,
     as_json: AsJson = False,
 ) -> None:
