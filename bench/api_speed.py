@@ -37,9 +37,9 @@ import httpx
 
 from shared.broker import TRAIN_TASK
 from shared.settings import Settings
-from tests.integration.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
-from tests.integration.stack import Stack, wait_until
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
+from testbed.stack import Stack, wait_until
+from testbed.synthetic_mnist import write_synthetic_mnist
 
 P50_TARGET_MS = 10.0
 SUBMIT_TO_RUNNING_TARGET_MS = 100.0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.stack import Stack
+from testbed.stack import Stack
 
 
 @contextmanager

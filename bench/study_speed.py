@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from bench.embedded import embedded_service
-from tests.integration.stack import wait_until
+from testbed.stack import wait_until
 from worker.mnist_files import prepare_mnist
 
 # Targets: the pruned study trains at most half the epochs, and finds a best within 0.3

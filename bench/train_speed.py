@@ -29,7 +29,7 @@ from shared.checks import admit
 from shared.messages import BatchProgress
 from shared.settings import Settings
 from shared.spec import JobSpec
-from tests.integration.stack import wait_until
+from testbed.stack import wait_until
 from worker.mnist_files import prepare_mnist
 from worker.training.data import MNIST_MEAN, MNIST_STD, load_mnist
 from worker.training.device import detect_hardware

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import httpx
 
-from tests.integration.stack import free_port, wait_until
+from testbed.stack import free_port, wait_until
 
 REGION = "us-east-1"
 # moto accepts any credentials; these only keep boto3 from looking for real ones.

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from testbed.stack import Stack
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.faults.harness import Client, RedisServer, client_for
 from tests.integration.conftest import postgres_url  # noqa: F401 - a fixture used here
-from tests.integration.stack import Stack
-from tests.mnist_fixtures import write_synthetic_mnist
 
 # Enough images that an epoch lasts a few seconds on one thread: long enough to be killed
 # in the middle of.

@@ -13,8 +13,9 @@ import httpx
 import psycopg
 import redis
 
+from testbed.services import psycopg_url
+from testbed.stack import Stack, free_port, wait_until
 from tests.figures import figure
-from tests.integration.stack import Stack, free_port, wait_until
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -120,10 +121,6 @@ def client_for(stack: Stack, key: str) -> Client:
     return Client(
         httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
     )
-
-
-def psycopg_url(database_url: str) -> str:
-    return database_url.replace("postgresql+psycopg://", "postgresql://")
 
 
 @dataclass

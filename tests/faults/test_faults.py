@@ -18,18 +18,18 @@ import psycopg
 import pytest
 
 from shared.settings import Settings
+from testbed.services import psycopg_url
+from testbed.stack import Process, free_port, wait_until
 from tests.faults.conftest import StackFactory, job_spec
 from tests.faults.harness import (
     RedisServer,
     audit,
     audits,
     kill,
-    psycopg_url,
     tally,
     training_pid,
 )
 from tests.figures import figure
-from tests.integration.stack import Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

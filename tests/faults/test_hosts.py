@@ -14,13 +14,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from testbed.services import psycopg_url
+from testbed.stack import Stack, wait_until
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.availability import unavailable
 from tests.faults.conftest import FAST_LEASES, TEST_IMAGES, TRAIN_IMAGES, job_spec
-from tests.faults.harness import RedisServer, audit, client_for, psycopg_url, tally
+from tests.faults.harness import RedisServer, audit, client_for, tally
 from tests.faults.hosts import Network, namespaces_unavailable, network
 from tests.figures import figure
-from tests.integration.stack import Stack, wait_until
-from tests.mnist_fixtures import write_synthetic_mnist
 
 # Enough that host 1, training on alone while cut off, is still at it when it is back.
 EPOCHS = 30

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 import redis
 
+from testbed.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
+from testbed.stack import Stack
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.availability import unavailable
-from tests.integration.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
-from tests.integration.stack import Stack
-from tests.mnist_fixtures import write_synthetic_mnist
 
 
 def _unavailable(service: str, error: Exception) -> NoReturn:

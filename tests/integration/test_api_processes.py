@@ -18,10 +18,10 @@ from api.core.db import make_engine
 from api.core.models import SchedulerLease, as_utc, utcnow
 from api.jobs.sweeper import LEASE_NAME as SWEEPER
 from api.studies.scheduler import LEASE_NAME as SCHEDULER
-from tests.faults.harness import psycopg_url
+from testbed.services import psycopg_url
+from testbed.stack import Process, Stack, wait_until
 from tests.figures import figure
 from tests.integration.proc import children_of, command_line, environment_of
-from tests.integration.stack import Process, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.stack import Stack, wait_until
+from testbed.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.stack import Process, Stack, wait_until
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.stack import Process, Stack, wait_until
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.moto_server import S3Server
 
 pytestmark = pytest.mark.integration

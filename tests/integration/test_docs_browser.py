@@ -12,8 +12,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
+from testbed.stack import Stack
 from tests.availability import unavailable
-from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration
 

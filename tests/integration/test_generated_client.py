@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.stack import Stack
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testbed.stack import Stack, wait_until
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.integration.proc import children_of, environment_of
-from tests.integration.stack import Stack, wait_until
-from tests.mnist_fixtures import write_synthetic_mnist
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from shared.idx import read_idx
-from tests.integration.stack import REPO_ROOT, Stack, wait_until
+from testbed.stack import REPO_ROOT, Stack, wait_until
 from worker.mnist_files import TEST_IMAGES, TEST_LABELS, raw_dir
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from cli.client import parse_events
-from tests.integration.stack import Stack, wait_until
+from testbed.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testbed.stack import Stack
 from tests.figures import figure
-from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.stack import Stack
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.integration
 

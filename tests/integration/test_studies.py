@@ -6,8 +6,8 @@ from typing import Any
 import httpx
 import pytest
 
+from testbed.stack import Stack, wait_until
 from tests.figures import figure
-from tests.integration.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from cli.client.optuna_export import journal_storage
-from tests.integration.stack import REPO_ROOT, Stack, wait_until
+from testbed.stack import REPO_ROOT, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 

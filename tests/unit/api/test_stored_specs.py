@@ -8,7 +8,7 @@ from torch import nn
 
 from shared.messages import Claim
 from shared.presets import PRESETS, Preset
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.unit.api.worker_calls import WorkerCalls
 from tests.unit.worker.test_training import CPU_FP32, RecordingReporter
 from worker.training.data import load_mnist

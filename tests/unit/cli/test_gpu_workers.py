@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli.operator.gpu_workers import NoDevices, parse_gpus, visible_devices
-from tests.integration.stack import REPO_ROOT, wait_until
+from testbed.stack import REPO_ROOT, wait_until
 
 # Stands in for `tunelab worker`: records its pid and the environment that concerns it, then
 # waits for SIGTERM, as a worker does, unless it is the device told to fail.

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from cli.client.optuna_export import journal_storage, study_name, write_study
 from shared.study_spec import StudySpec, encode_choice
-from tests.integration.stack import free_port, wait_until
+from testbed.stack import free_port, wait_until
 
 SCHEDULES = [{"name": "constant"}, {"name": "step", "step_size": 1, "gamma": 0.5}]
 

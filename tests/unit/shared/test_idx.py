@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from shared.idx import IdxFormatError, idx_header, read_idx
-from tests.mnist_fixtures import write_idx
+from testbed.synthetic_mnist import write_idx
 
 
 def pixel_bytes(count: int) -> bytes:

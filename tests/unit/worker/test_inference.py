@@ -11,7 +11,7 @@ import torch
 
 from shared.messages import BatchProgress, CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from worker.inference import CheckpointUnusable, DigitClassifier, load_model, predict
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import InputTransform, MnistTensors, load_mnist

@@ -10,7 +10,7 @@ from torch import nn
 
 from shared.messages import BatchProgress, LrRangePoint
 from shared.spec import JobSpec
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.unit.worker.test_training import CPU_FP32, RecordingReporter, small_job
 from worker.training.data import load_mnist
 from worker.training.device import Hardware

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.idx import idx_header
-from tests.mnist_fixtures import write_idx
+from testbed.synthetic_mnist import write_idx
 from worker import mnist_files
 from worker.mnist_files import (
     LOCK_NAME,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from shared.settings import Settings
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.unit.worker.mnist_processes import (
     DEADLINE,
     CountingSource,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.messages import BatchProgress
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.unit.worker.test_training import CPU_FP32, TRAIN_SUBSET, RecordingReporter, small_job
 from worker.training.data import load_mnist
 from worker.training.loop import train

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shared.messages import CheckpointRecord, EpochMetrics
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.unit.worker.test_training import CPU_FP32, RecordingReporter, small_job, small_layers
 from worker.training.checkpoints import Checkpointing, CheckpointUnusable, load_checkpoint
 from worker.training.data import MnistTensors, load_mnist

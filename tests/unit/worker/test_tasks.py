@@ -14,7 +14,7 @@ import torch
 
 from shared.messages import Claim
 from shared.settings import Settings
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.unit.worker.test_resume import KilledAfter, WorkerKilled
 from tests.unit.worker.test_training import CPU_FP32, small_job
 from worker import shutdown, tasks

@@ -12,7 +12,7 @@ from torch.optim import SGD, Optimizer, lr_scheduler
 
 from shared.messages import BatchProgress, CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
-from tests.mnist_fixtures import write_synthetic_mnist
+from testbed.synthetic_mnist import write_synthetic_mnist
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import MNIST_MEAN, MNIST_STD, InputTransform, MnistTensors, load_mnist
 from worker.training.device import Hardware

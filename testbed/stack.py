@@ -1,4 +1,4 @@
-"""Real Tunelab processes for integration tests: the API under uvicorn and Celery workers,
+"""Real Tunelab processes for tests and benchmarks: the API under uvicorn and Celery workers,
 each on free ports and folders of its own, always stopped at the end."""
 
 import os
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

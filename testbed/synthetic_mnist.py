@@ -1,4 +1,5 @@
-"""Small MNIST-shaped IDX files written by the tests themselves: no test downloads anything.
+"""Small MNIST-shaped IDX files written by the tests and benchmarks themselves: nothing here
+downloads anything.
 
 Each class is a fixed random 28x28 pattern plus noise, so a small CNN can learn it
 in a few batches and accuracy means something.
@@ -61,7 +62,7 @@ def write_synthetic_mnist(
         images, labels = _split(count, patterns, rng)
         write_idx(folder / images_name, [count, SIDE, SIDE], images)
         write_idx(folder / labels_name, [count], labels)
-    # Stand-ins never match MNIST's MD5s: the fixture vouches for them, as a host that
+    # Stand-ins never match MNIST's MD5s: the writer vouches for them, as a host that
     # checked real files would, so workers train on them instead of fetching MNIST.
     record_checked(folder)
     return folder

@@ -29,6 +29,11 @@ def fresh_database(admin_url: str, prefix: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def psycopg_url(database_url: str) -> str:
+    """The address psycopg connects to for a SQLAlchemy URL such as fresh_database's."""
+    return database_url.replace("postgresql+psycopg://", "postgresql://")
+
+
 @contextmanager
 def fresh_queue(redis_url: str, prefix: str) -> Iterator[str]:
     """A queue name no one else uses; its keys (messages left queued included) go after."""
