@@ -2,6 +2,6 @@
 and exports, through cli.client.http_client."""
 
 # The API's own tests read its event streams with the client's parser, by this name.
-from cli.client.http_client import parse_events
+from cli.client.server_events import parse_events
 
 __all__ = ["parse_events"]

@@ -3,13 +3,12 @@ TUNELAB_API_URL and the tenant key from TUNELAB_API_KEY.
 
 Whatever goes wrong becomes one line for the user: a problem+json answer as its title and
 detail (and each bad field of a validation error), an unreachable API as its address and the
-reason. A GET answered 429 is tried again after its Retry-After, a few times.
+reason. A GET answered 429 is tried again after its Retry-After, a few times. An event stream
+is read through cli.client.server_events.
 """
 
-import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -22,6 +21,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from cli.client.server_events import ServerEvent, parse_events
 from cli.errors import CommandFailed
 from cli.settings import load_settings, require
 
@@ -41,14 +41,6 @@ class ApiProblem(CommandFailed):
 
 class ApiUnreachable(CommandFailed):
     """No answer: the API is down, at another address, or the connection dropped."""
-
-
-@dataclass(frozen=True)
-class ServerEvent:
-    event: str
-    data: Any
-    # The stream's last `id:` so far, which a reconnection sends back as Last-Event-ID.
-    id: str | None = None
 
 
 def job_path(job_id: str, *rest: str) -> str:
@@ -75,38 +67,6 @@ def problem_line(response: httpx.Response) -> str:
         detail = str(body.get("detail") or "")
     title = str(body["title"])
     return f"{title}: {detail}" if detail else title
-
-
-def parse_events(lines: Iterable[str]) -> Iterator[ServerEvent]:
-    """Server-Sent Events from a stream's lines: `event:`, `data:` and `id:` fields,
-    dispatched at each blank line; comments and other fields ignored. As the SSE standard
-    has it, an id holds for the events after it until another one replaces it."""
-    event = "message"
-    data: list[str] = []
-    last_id: str | None = None
-    for line in lines:
-        if not line:
-            if data:
-                yield ServerEvent(event, _decoded("\n".join(data)), last_id)
-            event, data = "message", []
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-        elif name == "id" and "\0" not in value:
-            last_id = value
-    if data:
-        yield ServerEvent(event, _decoded("\n".join(data)), last_id)
-
-
-def _decoded(data: str) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data
 
 
 def _rate_limited(response: httpx.Response) -> bool:

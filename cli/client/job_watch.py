@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from cli.client.formatting import console, format_seconds
-from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable, ServerEvent, job_path
+from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable, job_path
 from cli.client.job_views import (
     epoch_line,
     progress_line,
@@ -31,6 +31,7 @@ from cli.client.job_views import (
     status_line,
     summary_line,
 )
+from cli.client.server_events import ServerEvent
 from cli.errors import CommandFailed
 
 # How a watch exits; 2 stays the exit status of a wrong command line or setting.

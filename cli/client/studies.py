@@ -19,7 +19,8 @@ from tenacity import (
 
 from cli.client.documents import print_json, read_json
 from cli.client.formatting import console
-from cli.client.http_client import ApiClient, ApiUnreachable, ServerEvent, connect
+from cli.client.http_client import ApiClient, ApiUnreachable, connect
+from cli.client.server_events import ServerEvent
 from cli.client.study_views import (
     event_line,
     format_counts,

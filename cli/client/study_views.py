@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.client.formatting import format_duration, format_time, format_value, plural, styled_state
-from cli.client.http_client import ServerEvent
+from cli.client.server_events import ServerEvent
 
 TRIAL_STATES = ("queued", "running", "succeeded", "pruned", "infeasible", "failed", "cancelled")
 

@@ -6,7 +6,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable, ServerEvent, parse_events
+from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable
+from cli.client.server_events import ServerEvent, parse_events
 
 PROBLEM = {"content-type": "application/problem+json"}
 
@@ -115,6 +116,29 @@ class TestEvents:
         assert list(parse_events(lines)) == [
             ServerEvent("trial_started", {"number": 0}),
             ServerEvent("status", {"status": "succeeded"}),
+        ]
+
+    def test_ids_hold_until_replaced_and_keep_alives_are_no_events(self):
+        lines = [
+            "retry: 2000",
+            "",
+            "id: 7",
+            "event: status",
+            'data: {"status": "running"}',
+            "",
+            ": keep-alive",
+            "",
+            "event: progress",
+            'data: {"batches": 8}',
+            "",
+            "id: 9",
+            "event: status",
+            "data: done",
+        ]
+        assert list(parse_events(lines)) == [
+            ServerEvent("status", {"status": "running"}, "7"),
+            ServerEvent("progress", {"batches": 8}, "7"),
+            ServerEvent("status", "done", "9"),
         ]
 
     def test_a_stream_is_read_to_its_end(self):

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 from rich.console import Console, RenderableType
 
-from cli.client.http_client import ApiClient, ServerEvent
+from cli.client.http_client import ApiClient
+from cli.client.server_events import ServerEvent
 from cli.client.studies import follow
 from cli.client.study_views import event_line, study_view, trials_table
 from shared.study_spec import StudySpec
