@@ -10,13 +10,12 @@ public lookups instead, so nothing here depends on Optuna's private names. Its t
 """
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 from optuna.storages import InMemoryStorage
-from optuna.study import StudyDirection
 
 
 @dataclass
@@ -32,7 +31,11 @@ class StoredStudy:
 
     @classmethod
     def create(
-        cls, name: str, sampler: BaseSampler, pruner: BasePruner, direction: StudyDirection | str
+        cls,
+        name: str,
+        sampler: BaseSampler,
+        pruner: BasePruner,
+        direction: Literal["minimize", "maximize"] | None,
     ) -> "StoredStudy":
         storage = InMemoryStorage()
         study = optuna.create_study(
