@@ -10,13 +10,15 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from bench.collecting_reporter import CollectingReporter
 from shared.analysis import analyze
 from shared.checks import admit
-from shared.messages import BatchProgress
+from shared.messages import EpochMetrics
 from shared.presets import PRESETS
 from shared.settings import Settings
 from shared.spec import JobSpec
@@ -30,33 +32,18 @@ RESULTS = Path("var/bench/presets")
 TABLE = Path("docs/presets.md")
 
 
-class Collect:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.rows: list[dict[str, float]] = []
-
-    def should_stop(self) -> bool:
-        return False
-
-    def handback_deadline(self) -> float | None:
-        return None
-
-    def batch_progress(self, progress: BatchProgress) -> None:
-        pass
-
-    def epoch_finished(self, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
-        self.rows.append(metrics.model_dump())
-        print(
-            f"{self.name} epoch {metrics.epoch:2d}: test accuracy {metrics.test_accuracy:.4f} "
-            f"({metrics.epoch_seconds:.1f} s)",
-            flush=True,
-        )
+def print_epoch(name: str, metrics: EpochMetrics) -> None:
+    print(
+        f"{name} epoch {metrics.epoch:2d}: test accuracy {metrics.test_accuracy:.4f} "
+        f"({metrics.epoch_seconds:.1f} s)",
+        flush=True,
+    )
 
 
 def measure(name: str, data_dir: Path) -> dict[str, object]:
     preset = PRESETS[name]
     spec = admit(JobSpec.model_validate(preset.job()), Settings())[0]
-    collect = Collect(name)
+    collect = CollectingReporter(on_epoch=partial(print_epoch, name))
     started = time.perf_counter()
     hardware = detect_hardware()
     data = load_mnist(data_dir, hardware.device)

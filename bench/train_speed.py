@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets, transforms
 
+from bench.collecting_reporter import CollectingReporter
 from bench.embedded import embedded_service
 from shared.checks import admit
-from shared.messages import BatchProgress
 from shared.settings import Settings
 from shared.spec import JobSpec
 from testbed.stack import wait_until
@@ -103,25 +103,8 @@ def textbook(spec: JobSpec, data_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def should_stop(self) -> bool:
-        return False
-
-    def handback_deadline(self) -> float | None:
-        return None
-
-    def batch_progress(self, progress: BatchProgress) -> None:
-        pass
-
-    def epoch_finished(self, metrics, checkpoint) -> None:  # type: ignore[no-untyped-def]
-        self.rows.append(metrics.model_dump())
-
-
 def trainer(spec: JobSpec, data_dir: Path) -> list[dict[str, float]]:
-    collect = Collect()
+    collect = CollectingReporter()
     hardware = detect_hardware()
     data = load_mnist(data_dir, hardware.device)
     result: TrainingResult = train(spec, data, collect, hardware=hardware)
