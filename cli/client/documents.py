@@ -2,10 +2,17 @@
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+from rich.console import RenderableType
+
+from cli.client.formatting import console
 from cli.errors import CommandFailed
+
+AsJson = Annotated[bool, typer.Option("--json", help="the API's JSON, for scripts")]
 
 
 def read_json(path: Path) -> Any:
@@ -22,3 +29,11 @@ def read_json(path: Path) -> Any:
 
 def print_json(document: Any) -> None:
     print(json.dumps(document, indent=2))
+
+
+def print_document(document: Any, as_json: bool, view: Callable[[Any], RenderableType]) -> None:
+    """The API's JSON as it came, for scripts (`--json`), else `view` of it for a person."""
+    if as_json:
+        print_json(document)
+    else:
+        console().print(view(document))

@@ -1,9 +1,12 @@
-"""What every client command prints alike: the consoles, times, durations, counts and the
-colour of a status."""
+"""What every client command prints alike: the consoles, times, durations, counts, the colour
+of a status, and the head of a job's or a study's `show`."""
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 STATE_STYLES = {
@@ -54,3 +57,28 @@ def plural(count: int, noun: str) -> str:
 
 def styled_state(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def state_line(kind: str, resource_id: str, state: str) -> Text:
+    """`job 01J… succeeded`, the state in its colour."""
+    line = Text(f"{kind} {resource_id} ")
+    line.append_text(styled_state(state))
+    return line
+
+
+def show_title(kind: str, resource: Mapping[str, Any]) -> Text:
+    """The first line of a `show`: `job 01J…  its-name  running`, the id in bold."""
+    title = Text.assemble((f"{kind} ", "bold"), (resource["id"], "bold"))
+    if resource.get("name"):
+        title.append(f"  {resource['name']}")
+    title.append("  ")
+    title.append_text(styled_state(resource["status"]))
+    return title
+
+
+def show_grid() -> Table:
+    """The rows under a `show` title: a bold label, then its value."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    return grid

@@ -44,8 +44,18 @@ class ApiUnreachable(CommandFailed):
 
 
 def job_path(job_id: str, *rest: str) -> str:
-    """`/v1/jobs/{id}/…`, the id quoted: an id is opaque, never part of a path of ours."""
-    return "/".join([f"/v1/jobs/{quote(job_id, safe='')}", *rest])
+    """`/v1/jobs/{id}/…`."""
+    return _resource_path("jobs", job_id, rest)
+
+
+def study_path(study_id: str, *rest: str) -> str:
+    """`/v1/studies/{id}/…`."""
+    return _resource_path("studies", study_id, rest)
+
+
+def _resource_path(collection: str, resource_id: str, rest: tuple[str, ...]) -> str:
+    # The id quoted: an id is opaque, never part of a path of ours.
+    return "/".join([f"/v1/{collection}/{quote(resource_id, safe='')}", *rest])
 
 
 def problem_line(response: httpx.Response) -> str:
@@ -125,6 +135,12 @@ class ApiClient:
 
     def post(self, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> Any:
         return self._answer(self._send("POST", path, json=body, headers=headers))
+
+    def create(self, path: str, body: Any, idempotency_key: str | None = None) -> Any:
+        """POSTs a new job or study; with a key, the same key and body create one, never two
+        (a retry is answered the first one)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self.post(path, body, headers=headers)
 
     def delete(self, path: str) -> Any:
         return self._answer(self._send("DELETE", path))

@@ -17,6 +17,9 @@ from cli.client.formatting import (
     format_time,
     format_value,
     plural,
+    show_grid,
+    show_title,
+    state_line,
     styled_state,
 )
 from cli.client.spec_diff import MISSING, differences
@@ -98,15 +101,9 @@ def progress_line(progress: Mapping[str, Any]) -> str:
     return f"{progress_title(progress)}: {', '.join(parts)}"
 
 
-def status_line(job_id: str, status: str) -> Text:
-    line = Text(f"job {job_id} ")
-    line.append_text(styled_state(status))
-    return line
-
-
 def summary_line(job: Mapping[str, Any]) -> Text:
     """How a job ended, in one line: its best epoch, or why it failed or stopped."""
-    line = status_line(job["id"], job["status"])
+    line = state_line("job", job["id"], job["status"])
     progress = job.get("progress") or {}
     done = f"{progress.get('epochs_completed', 0)} of {plural(progress.get('epochs', 0), 'epoch')}"
     curve = lr_range_result(job)
@@ -226,15 +223,8 @@ def _model_line(job: Mapping[str, Any]) -> str:
 def job_view(job: Mapping[str, Any]) -> RenderableType:
     """The job resource for a person: status, times, progress, model, best and latest
     epoch, checkpoints, and why it failed."""
-    title = Text.assemble(("job ", "bold"), (job["id"], "bold"))
-    if job.get("name"):
-        title.append(f"  {job['name']}")
-    title.append("  ")
-    title.append_text(styled_state(job["status"]))
-
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+    title = show_title("job", job)
+    grid = show_grid()
     if job.get("tags"):
         grid.add_row("tags", ", ".join(job["tags"]))
     if job.get("study_id"):

@@ -22,13 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
-from cli.client.formatting import console, format_seconds
+from cli.client.formatting import console, format_seconds, state_line
 from cli.client.http_client import ApiClient, ApiProblem, ApiUnreachable, job_path
 from cli.client.job_views import (
     epoch_line,
     progress_line,
     progress_title,
-    status_line,
     summary_line,
 )
 from cli.client.server_events import ServerEvent
@@ -77,7 +76,7 @@ class PlainDisplay:
         self.shown_at = 0.0
 
     def status(self, status: str) -> None:
-        self.notes.print(status_line(self.job_id, status), soft_wrap=True)
+        self.notes.print(state_line("job", self.job_id, status), soft_wrap=True)
 
     def progress(self, progress: Mapping[str, Any]) -> None:
         now = self.clock()
@@ -114,7 +113,7 @@ class BarDisplay:
         self.bar.start()
 
     def status(self, status: str) -> None:
-        self.out.print(status_line(self.job_id, status), soft_wrap=True)
+        self.out.print(state_line("job", self.job_id, status), soft_wrap=True)
 
     def progress(self, progress: Mapping[str, Any]) -> None:
         speed = progress.get("images_per_second")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.client import checkpoints
-from cli.client.documents import print_json, read_json
+from cli.client.documents import AsJson, print_document, print_json, read_json
 from cli.client.formatting import console
 from cli.client.http_client import ApiClient, connect, job_path
 from cli.client.job_views import compare_json, compare_view, job_view, jobs_table
@@ -24,7 +24,6 @@ PAGE_LIMIT = 100
 
 JobId = Annotated[str, typer.Argument(metavar="JOB", help="the job's id")]
 JobIds = Annotated[list[str], typer.Argument(metavar="JOB", help="the jobs' ids")]
-AsJson = Annotated[bool, typer.Option("--json", help="the API's JSON, for scripts")]
 
 
 def read_spec(path: Path) -> dict[str, Any]:
@@ -86,9 +85,8 @@ def submit(
     With --watch, the exit status is watch's.
     """
     body = with_tags(read_spec(spec_file), tags or [])
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     with connect() as client:
-        job = client.post("/v1/jobs", body, headers=headers)
+        job = client.create("/v1/jobs", body, idempotency_key)
         print(job["id"], flush=True)
         if watch:
             # Everything else on stderr, so stdout stays the id alone even with --watch.
@@ -131,10 +129,7 @@ def show(job_id: JobId, as_json: AsJson = False) -> None:
     """One job: status, times, progress, model, best and latest epoch, checkpoints."""
     with connect() as client:
         job = client.get(job_path(job_id))
-    if as_json:
-        print_json(job)
-    else:
-        console().print(job_view(job))
+    print_document(job, as_json, job_view)
 
 
 def cancel(job_id: JobId) -> None:

@@ -1,40 +1,20 @@
 """`tunelab study …`: hyperparameter studies through the API, for people at a terminal (rich
 tables) and for scripts (`S=$(tunelab study create s.json)`, `--json`, exit statuses)."""
 
-from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import quote
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
-from cli.client.documents import print_json, read_json
+from cli.client.documents import AsJson, print_document, print_json, read_json
 from cli.client.formatting import console
-from cli.client.http_client import ApiClient, ApiUnreachable, connect
-from cli.client.server_events import ServerEvent
-from cli.client.study_views import (
-    event_line,
-    format_counts,
-    study_view,
-    summary_line,
-    trials_table,
-)
+from cli.client.http_client import connect, job_path, study_path
+from cli.client.study_views import format_counts, study_view, trials_table
+from cli.client.study_watch import follow
 from cli.errors import CommandFailed
 
 app = typer.Typer(help="hyperparameter studies", no_args_is_help=True)
-
-# A watch whose stream drops (the API restarting) reconnects this many times; the stream
-# starts over, and what was already printed is not printed again.
-WATCH_CONNECTIONS = 6
 
 
 class Order(StrEnum):
@@ -43,66 +23,6 @@ class Order(StrEnum):
 
 
 StudyId = Annotated[str, typer.Argument(metavar="ID", help="the study's id")]
-AsJson = Annotated[bool, typer.Option("--json", help="the API's JSON, for scripts")]
-
-
-def study_path(study_id: str, *rest: str) -> str:
-    return "/".join([f"/v1/studies/{quote(study_id, safe='')}", *rest])
-
-
-# --- study watch ------------------------------------------------------------------------
-
-
-def print_events(
-    study: Mapping[str, Any],
-    events: Iterable[ServerEvent],
-    out: Console,
-    printed: set[tuple[Any, ...]],
-) -> str | None:
-    """Prints the events not yet `printed` (updated); the study's final status, or None when
-    the stream ended without one."""
-    introduced = {key[1] for key in printed}
-    for event in events:
-        data = event.data if isinstance(event.data, dict) else {}
-        if event.event == "status":
-            return str(data.get("status"))
-        key = (event.event, data.get("number"), data.get("epochs_completed"), data.get("state"))
-        if key in printed:
-            continue
-        printed.add(key)
-        line = event_line(study, event, introduce=data.get("number") not in introduced)
-        if line is not None:
-            introduced.add(data.get("number"))
-            out.print(line, soft_wrap=True)
-    return None
-
-
-def follow(client: ApiClient, study_id: str, out: Console) -> int:
-    """Follows the study's events until it ends: 0 when it succeeded, 1 otherwise."""
-    study = client.get(study_path(study_id))
-    printed: set[tuple[Any, ...]] = set()
-
-    def reconnecting(_state: RetryCallState) -> None:
-        out.print("tunelab: the event stream dropped; reconnecting", soft_wrap=True)
-
-    retrying = Retrying(
-        stop=stop_after_attempt(WATCH_CONNECTIONS),
-        wait=wait_exponential(multiplier=0.5, max=5),
-        retry=retry_if_exception_type(ApiUnreachable),
-        before_sleep=reconnecting,
-        reraise=True,
-    )
-    status = None
-    for attempt in retrying:
-        with attempt:
-            status = print_events(
-                study, client.events(study_path(study_id, "events")), out, printed
-            )
-            if status is None:
-                raise ApiUnreachable(f"the event stream of study {study_id} ended early")
-    final = client.get(study_path(study_id))
-    out.print(summary_line(final), soft_wrap=True)
-    return 0 if status == "succeeded" and final["status"] == "succeeded" else 1
 
 
 # --- the commands -------------------------------------------------------------------------
@@ -122,9 +42,8 @@ def create(
 ) -> None:
     """Create a study; prints only its id (`S=$(tunelab study create s.json)`)."""
     body = read_json(study_file)
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     with connect() as client:
-        study = client.post("/v1/studies", body, headers=headers)
+        study = client.create("/v1/studies", body, idempotency_key)
         print(study["id"], flush=True)
         if watch:
             # Progress on stderr, so stdout stays the id alone even with --watch.
@@ -136,10 +55,7 @@ def show(study_id: StudyId, as_json: AsJson = False) -> None:
     """One study: status, trial counts, best trial, importances, confirmed ranking."""
     with connect() as client:
         study = client.get(study_path(study_id))
-    if as_json:
-        print_json(study)
-    else:
-        console().print(study_view(study))
+    print_document(study, as_json, study_view)
 
 
 @app.command("trials")
@@ -197,9 +113,7 @@ def export(
         study = client.get(study_path(study_id))
         listed = client.get(study_path(study_id, "trials"), params={"order": "number"})["items"]
         metrics = {
-            trial["job_id"]: client.get(f"/v1/jobs/{quote(trial['job_id'], safe='')}/metrics")[
-                "items"
-            ]
+            trial["job_id"]: client.get(job_path(trial["job_id"], "metrics"))["items"]
             for trial in listed
             if trial.get("job_id")
         }

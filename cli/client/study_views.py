@@ -10,7 +10,16 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.client.formatting import format_duration, format_time, format_value, plural, styled_state
+from cli.client.formatting import (
+    format_duration,
+    format_time,
+    format_value,
+    plural,
+    show_grid,
+    show_title,
+    state_line,
+    styled_state,
+)
 from cli.client.server_events import ServerEvent
 
 TRIAL_STATES = ("queued", "running", "succeeded", "pruned", "infeasible", "failed", "cancelled")
@@ -98,15 +107,8 @@ def study_view(study: Mapping[str, Any]) -> RenderableType:
     spec = study["spec"]
     objective = spec["objective"]
     metric = objective["metric"]
-    title = Text.assemble(("study ", "bold"), (study["id"], "bold"))
-    if study.get("name"):
-        title.append(f"  {study['name']}")
-    title.append("  ")
-    title.append_text(styled_state(study["status"]))
-
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+    title = show_title("study", study)
+    grid = show_grid()
     grid.add_row("created", format_time(study["created_at"]))
     if study.get("finished_at"):
         took = format_duration(study["created_at"], study["finished_at"])
@@ -210,8 +212,7 @@ def event_line(
 
 
 def summary_line(study: Mapping[str, Any]) -> Text:
-    line = Text(f"study {study['id']} ")
-    line.append_text(styled_state(study["status"]))
+    line = state_line("study", study["id"], study["status"])
     line.append(f"; trials {format_counts(study['trials'])}")
     best = study.get("best")
     if best:

@@ -223,6 +223,18 @@ class TestSubmit:
         assert (result.exit_code, result.stdout) == (0, "job_9\n")
         assert sent == [("POST", "/v1/jobs", {"epochs": 1, "tags": ["a", "b"]})]
 
+    def test_an_idempotency_key_is_sent_only_when_given(self, connected):
+        keys: list[str | None] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            keys.append(request.headers.get("idempotency-key"))
+            return httpx.Response(201, json=job_json("job_9", status="queued"))
+
+        connected(handler)
+        assert run("submit", "-", "--idempotency-key", "k1", stdin="{}").exit_code == 0
+        assert run("submit", "-", stdin="{}").exit_code == 0
+        assert keys == ["k1", None]
+
     def test_reads_the_spec_from_stdin(self, connected):
         bodies: list[Any] = []
 

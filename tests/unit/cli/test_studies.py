@@ -10,8 +10,8 @@ from rich.console import Console, RenderableType
 
 from cli.client.http_client import ApiClient
 from cli.client.server_events import ServerEvent
-from cli.client.studies import follow
 from cli.client.study_views import event_line, study_view, trials_table
+from cli.client.study_watch import follow
 from shared.study_spec import StudySpec
 
 
