@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 
 from api.workers.document import worker_document
 from tests.figures import figure
-from tests.security.conftest import WORKER_TOKEN, Deployment, bearer
+from tests.security.deployment import WORKER_TOKEN, Deployment, bearer
 
 BASE_URL = "http://testserver"
 EXAMPLES_PER_OPERATION = 15

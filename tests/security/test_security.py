@@ -10,7 +10,6 @@ import hashlib
 import io
 import logging
 import math
-import os
 import pickle
 import re
 import secrets
@@ -32,18 +31,13 @@ from api.auth.rate_limit import RateLimiter
 from api.core.models import CheckpointRow, Job
 from api.workers.document import worker_document
 from cli.main import main as tunelab
+from testbed.services import REDIS_URL
 from tests.availability import unavailable
 from tests.figures import figure as report_figure
-from tests.security.conftest import (
-    QUICK_JOB,
-    WORKER_TOKEN,
-    Deployment,
-    bearer,
-)
+from tests.security.deployment import WORKER_TOKEN, Deployment, bearer
+from tests.unit.api.tenant_calls import PROBLEM, QUICK_JOB
 from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
 
-PROBLEM = "application/problem+json"
-REDIS_URL = os.environ.get("TUNELAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = b"TOP SECRET: another tenant's weights"
 # Tests that send many bad credentials on purpose lift the limit on failed authentications, so
 # each one is answered 401 as the test means; TestFailedAuthentication covers that limit.

@@ -1,33 +1,15 @@
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session, SQLModel
+from sqlmodel import SQLModel
 
-from api.auth.keys import create_key
 from api.core.db import make_engine
 from api.main import create_app
 from shared.settings import Settings
-
-
-@dataclass
-class RecordingDispatcher:
-    """Stands in for the broker: records the job ids it was asked to send."""
-
-    sent: list[str] = field(default_factory=list)
-    broken: bool = False
-
-    def send(self, job_id: str) -> bool:
-        if self.broken:
-            return False
-        self.sent.append(job_id)
-        return True
-
-    def ping(self) -> None:
-        if self.broken:
-            raise ConnectionError("broker down")
+from tests.unit.api.recording_dispatcher import RecordingDispatcher
+from tests.unit.api.tenant_keys import TenantKeys
 
 
 @pytest.fixture
@@ -47,16 +29,6 @@ def dispatcher() -> RecordingDispatcher:
 @pytest.fixture
 def client(settings: Settings, engine: Engine, dispatcher: RecordingDispatcher) -> TestClient:
     return TestClient(create_app(settings, engine=engine, dispatcher=dispatcher))
-
-
-@dataclass
-class TenantKeys:
-    engine: Engine
-
-    def headers(self, tenant: str = "acme") -> dict[str, str]:
-        with Session(self.engine) as session:
-            _, key = create_key(session, tenant)
-        return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture

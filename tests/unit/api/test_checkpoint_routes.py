@@ -20,8 +20,9 @@ from api.web.errors import StaleAttempt
 from api.workers.uploads import Received, keep
 from shared.messages import AttemptPost
 from shared.settings import Settings
-from tests.unit.api.conftest import RecordingDispatcher, TenantKeys
-from tests.unit.api.test_jobs_routes import submit
+from tests.unit.api.recording_dispatcher import RecordingDispatcher
+from tests.unit.api.tenant_calls import submit
+from tests.unit.api.tenant_keys import TenantKeys
 from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
 
 NAME = "epoch-000.pt"

@@ -1,4 +1,4 @@
-from tests.unit.api.test_jobs_routes import submit
+from tests.unit.api.tenant_calls import submit
 from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
 
 

@@ -6,9 +6,8 @@ import asyncio
 from api.jobs.events import JobStream, job_events_since
 from api.web.sse import KEEPALIVE, polled_stream
 from cli.client import parse_events
-from tests.unit.api.test_job_management import PROGRESS
-from tests.unit.api.test_jobs_routes import submit
-from tests.unit.api.worker_calls import WorkerCalls
+from tests.unit.api.tenant_calls import submit
+from tests.unit.api.worker_calls import PROGRESS, WorkerCalls
 
 
 def events_of(frames: list[str]) -> list[tuple[str, dict]]:

@@ -9,17 +9,8 @@ from sqlmodel import Session
 
 from api.core.models import Job, utcnow
 from shared.settings import Settings
-from tests.unit.api.test_jobs_routes import QUICK_JOB, error_fields, submit
-from tests.unit.api.worker_calls import WorkerCalls
-
-PROGRESS = {
-    "phase": "train",
-    "epoch": 0,
-    "batches_completed": 3,
-    "batches": 8,
-    "images_per_second": 640.0,
-    "eta_seconds": 12.0,
-}
+from tests.unit.api.tenant_calls import QUICK_JOB, error_fields, submit
+from tests.unit.api.worker_calls import PROGRESS, WorkerCalls
 
 
 def finished_job(

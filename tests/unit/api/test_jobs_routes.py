@@ -1,29 +1,15 @@
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from cli.client import parse_events
 from shared.presets import PRESETS
 from shared.settings import Settings
-from tests.unit.api.conftest import RecordingDispatcher, TenantKeys
+from tests.unit.api.recording_dispatcher import RecordingDispatcher
+from tests.unit.api.tenant_calls import PROBLEM, QUICK_JOB, error_fields, submit
+from tests.unit.api.tenant_keys import TenantKeys
 from tests.unit.api.worker_calls import WorkerCalls, checkpoint_record
-
-PROBLEM = "application/problem+json"
-QUICK_JOB = {"epochs": 2, "data": {"train_subset": 256, "test_subset": 64}}
-
-
-def submit(client: TestClient, headers: dict[str, str], body: dict | None = None) -> dict:
-    response = client.post("/v1/jobs", json=QUICK_JOB if body is None else body, headers=headers)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def error_fields(response) -> list[str]:
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"] == PROBLEM
-    return [error["field"] for error in response.json()["errors"]]
 
 
 class TestSubmitJob:

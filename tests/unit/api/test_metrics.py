@@ -17,10 +17,9 @@ from api.core.db import make_engine
 from api.jobs.sweeper import sweep
 from api.main import create_app
 from shared.settings import Settings
-from tests.unit.api.conftest import RecordingDispatcher
-from tests.unit.api.test_jobs_routes import PROBLEM, submit
-from tests.unit.api.test_sweeper import after_the_lease
-from tests.unit.api.worker_calls import WorkerCalls
+from tests.unit.api.recording_dispatcher import RecordingDispatcher
+from tests.unit.api.tenant_calls import PROBLEM, submit
+from tests.unit.api.worker_calls import WorkerCalls, after_the_lease
 
 TOKEN = "test-metrics-token"
 SCRAPER = {"Authorization": f"Bearer {TOKEN}"}

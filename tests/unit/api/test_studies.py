@@ -13,10 +13,11 @@ from api.core.models import Study
 from api.studies.ledger import add_infeasible_trial
 from api.studies.scheduler import StudyScheduler
 from shared.settings import Settings
-from tests.unit.api.conftest import RecordingDispatcher, TenantKeys
+from tests.unit.api.recording_dispatcher import RecordingDispatcher
+from tests.unit.api.tenant_calls import error_fields
+from tests.unit.api.tenant_keys import TenantKeys
 from tests.unit.api.worker_calls import WorkerCalls
 
-PROBLEM = "application/problem+json"
 QUICK_BASE = {"epochs": 3, "data": {"train_subset": 256, "test_subset": 64}}
 
 
@@ -43,12 +44,6 @@ def grid_body(**fields: Any) -> dict[str, Any]:
         sampler={"name": "grid", "seed": 2},
         **fields,
     )
-
-
-def error_fields(response) -> list[str]:
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"] == PROBLEM
-    return [error["field"] for error in response.json()["errors"]]
 
 
 def accuracy_for(spec: dict[str, Any], epoch: int) -> float:

@@ -6,17 +6,13 @@ from sqlmodel import Session, col
 
 from api.core.models import Job, SchedulerLease, as_utc, utcnow
 from api.jobs.sweeper import LEASE_NAME, Sweeper, sweep
-from tests.unit.api.test_jobs_routes import submit
-from tests.unit.api.worker_calls import WorkerCalls
+from tests.unit.api.tenant_calls import submit
+from tests.unit.api.worker_calls import WorkerCalls, after_the_lease
 
 
 def job_row(engine, job_id: str) -> Job:
     with Session(engine) as session:
         return session.get(Job, job_id)
-
-
-def after_the_lease(settings) -> object:
-    return utcnow() + timedelta(seconds=settings.lease_seconds + 1)
 
 
 class TestSweep:

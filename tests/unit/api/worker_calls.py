@@ -1,10 +1,25 @@
-"""Drives the internal worker routes the way a worker does, for route tests."""
+"""Drives the internal worker routes the way a worker does, for route tests, and says when
+the lease of a worker gone silent has run out."""
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
+
+from api.core.models import utcnow
+from shared.settings import Settings
+
+# Where a worker is within an epoch, as its heartbeat tells it.
+PROGRESS = {
+    "phase": "train",
+    "epoch": 0,
+    "batches_completed": 3,
+    "batches": 8,
+    "images_per_second": 640.0,
+    "eta_seconds": 12.0,
+}
 
 
 def epoch_metrics(epoch: int, test_accuracy: float = 0.9, **overrides: Any) -> dict[str, Any]:
@@ -126,3 +141,8 @@ class WorkerCalls:
             json={**attempt, "status": status, "error": error},
             headers=self.headers,
         )
+
+
+def after_the_lease(settings: Settings) -> datetime:
+    """A moment past the lease of an attempt claimed now: the sweeper may take its job back."""
+    return utcnow() + timedelta(seconds=settings.lease_seconds + 1)
