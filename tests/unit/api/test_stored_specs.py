@@ -10,7 +10,8 @@ from shared.messages import Claim
 from shared.presets import PRESETS, Preset
 from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.unit.api.worker_calls import WorkerCalls
-from tests.unit.worker.test_training import CPU_FP32, RecordingReporter
+from tests.unit.worker.reporters import RecordingReporter
+from tests.unit.worker.small_jobs import CPU_FP32
 from worker.training.data import load_mnist
 from worker.training.loop import train
 from worker.training.model import build_for_training

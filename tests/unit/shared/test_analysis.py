@@ -187,15 +187,9 @@ SEEDS = (11, 23, 37, 41)
 ARCHITECTURES_PER_SEED = 60
 
 
+# Hundreds of tiny forward passes: a second thread only adds synchronisation.
+@pytest.mark.usefixtures("one_torch_thread")
 class TestAnalyzeAgreesWithTorch:
-    @pytest.fixture(autouse=True)
-    def one_torch_thread(self):
-        # Hundreds of tiny forward passes: a second thread only adds synchronisation.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
-
     @pytest.mark.parametrize("seed", SEEDS)
     def test_random_architectures_cover_every_window_layer(self, seed):
         types = {

@@ -9,18 +9,18 @@ from typing import Any
 import pytest
 import torch
 
-from shared.messages import BatchProgress, CheckpointRecord, EpochMetrics
+from shared.messages import CheckpointRecord
 from shared.spec import JobSpec
 from testbed.synthetic_mnist import write_synthetic_mnist
+from tests.unit.worker.reporters import RecordingReporter
+from tests.unit.worker.small_jobs import CPU, CPU_FP32
 from worker.inference import CheckpointUnusable, DigitClassifier, load_model, predict
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import InputTransform, MnistTensors, load_mnist
-from worker.training.device import Hardware
 from worker.training.loop import train
 from worker.training.model import build_for_training
 
-CPU = torch.device("cpu")
-CPU_FP32 = Hardware(CPU, bf16=False)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_spec(**fields: Any) -> JobSpec:
@@ -41,35 +41,6 @@ def tiny_spec(**fields: Any) -> JobSpec:
         "epochs": 1,
     }
     return JobSpec.model_validate({**body, **fields})
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.rows: list[EpochMetrics] = []
-        self.checkpoints: list[CheckpointRecord] = []
-
-    def should_stop(self) -> bool:
-        return False
-
-    def handback_deadline(self) -> float | None:
-        return None
-
-    def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
-        self.rows.append(metrics)
-        if checkpoint is not None:
-            self.checkpoints.append(checkpoint)
-
-    def batch_progress(self, progress: BatchProgress) -> None:
-        pass
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models: more threads only add synchronisation on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -114,7 +85,7 @@ class TestLoadModel:
 
     def test_the_accuracy_training_measured(self, mnist: MnistTensors, tmp_path: Path):
         spec = tiny_spec()
-        recorder = Recorder()
+        recorder = RecordingReporter()
         checkpointing = Checkpointing(tmp_path / "artifacts", "job_1")
         train(spec, mnist, recorder, checkpointing, hardware=CPU_FP32)
         [record] = recorder.checkpoints

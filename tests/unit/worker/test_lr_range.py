@@ -11,7 +11,8 @@ from torch import nn
 from shared.messages import BatchProgress, LrRangePoint
 from shared.spec import JobSpec
 from testbed.synthetic_mnist import write_synthetic_mnist
-from tests.unit.worker.test_training import CPU_FP32, RecordingReporter, small_job
+from tests.unit.worker.reporters import RecordingReporter
+from tests.unit.worker.small_jobs import CPU_FP32, small_job
 from worker.training.data import load_mnist
 from worker.training.device import Hardware
 from worker.training.loop import TrainingStopped, train

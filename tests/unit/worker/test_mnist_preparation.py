@@ -23,7 +23,7 @@ from tests.unit.worker.mnist_processes import (
     ensure_and_report,
     hold_the_lock,
 )
-from tests.unit.worker.test_tasks import JOB_ID, InternalApi, claim_of, serve
+from tests.unit.worker.scripted_api import JOB_ID, InternalApi, claim_of, serve
 from worker import mnist_files, tasks
 from worker.mnist_files import (
     LOCK_NAME,
@@ -194,15 +194,9 @@ class TestAKilledProcess:
         assert list(data_dir.glob(f"{STAGING_PREFIX}*")) == []
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 class TestAJobOnAFreshHost:
     """run_attempt with the real mnist_on_device: the first job prepares the data."""
-
-    @pytest.fixture(autouse=True)
-    def one_torch_thread(self) -> Iterator[None]:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
 
     @pytest.fixture
     def settings(self, data_dir: Path, tmp_path: Path) -> Settings:

@@ -3,11 +3,12 @@
 import time
 
 import pytest
-import torch
 
 from shared.messages import BatchProgress
 from testbed.synthetic_mnist import write_synthetic_mnist
-from tests.unit.worker.test_training import CPU_FP32, TRAIN_SUBSET, RecordingReporter, small_job
+from tests.unit.torch_threads import one_torch_thread
+from tests.unit.worker.reporters import RecordingReporter
+from tests.unit.worker.small_jobs import CPU_FP32, TRAIN_SUBSET, small_job
 from worker.training.data import load_mnist
 from worker.training.loop import train
 from worker.training.progress import PROGRESS_INTERVAL, ProgressMeter, images_per_epoch
@@ -104,15 +105,10 @@ def trained(tmp_path_factory) -> tuple[RecordingReporter, float]:
         batch_size_schedule=[{"epoch": 0, "batch_size": 32}, {"epoch": 1, "batch_size": 64}],
     )
     reporter = RecordingReporter()
-    # A tiny model: more threads only add synchronisation (see test_training).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         started = time.perf_counter()
         train(spec, mnist, reporter, hardware=CPU_FP32)
         return reporter, time.perf_counter() - started
-    finally:
-        torch.set_num_threads(threads)
 
 
 class TestTrainingProgress:

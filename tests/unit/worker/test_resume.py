@@ -10,28 +10,15 @@ from typing import Any
 import pytest
 import torch
 
-from shared.messages import CheckpointRecord, EpochMetrics
+from shared.messages import CheckpointRecord
 from testbed.synthetic_mnist import write_synthetic_mnist
-from tests.unit.worker.test_training import CPU_FP32, RecordingReporter, small_job, small_layers
+from tests.unit.worker.reporters import KilledAfter, RecordingReporter, WorkerKilled
+from tests.unit.worker.small_jobs import CPU_FP32, small_job, small_layers
 from worker.training.checkpoints import Checkpointing, CheckpointUnusable, load_checkpoint
 from worker.training.data import MnistTensors, load_mnist
 from worker.training.loop import TrainingHandedBack, train
 
 EPOCHS = 4
-
-
-class WorkerKilled(Exception):
-    """Stands for a SIGKILL right after an epoch was reported."""
-
-
-@dataclass
-class KilledAfter(RecordingReporter):
-    kill_after_epoch: int = 0
-
-    def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
-        super().epoch_finished(metrics, checkpoint)
-        if metrics.epoch == self.kill_after_epoch:
-            raise WorkerKilled
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """run_attempt against a scripted API: what the task does when the API goes away, and what
 it decides once per job."""
 
-import builtins
 import json
 import logging
 import time
@@ -15,38 +14,16 @@ import torch
 from shared.messages import Claim
 from shared.settings import Settings
 from testbed.synthetic_mnist import write_synthetic_mnist
-from tests.unit.worker.test_resume import KilledAfter, WorkerKilled
-from tests.unit.worker.test_training import CPU_FP32, small_job
+from tests.unit.worker.cpu_flags import cpuinfo_opens
+from tests.unit.worker.reporters import KilledAfter, WorkerKilled
+from tests.unit.worker.scripted_api import JOB_ID, InternalApi, claim_of, serve
+from tests.unit.worker.small_jobs import CPU_FP32, small_job
 from worker import shutdown, tasks
-from worker.api_client import ApiClient
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import MnistTensors, load_mnist
 from worker.training.loop import train
 
-JOB_ID = "job_1"
-
-
-class InternalApi:
-    """The internal routes: a claim is granted `granted`, every other post answered 200,
-    except the routes in `failing`, which answer (or raise) what they map to."""
-
-    def __init__(self, granted: Claim | None = None, **failing: httpx.Response | Exception) -> None:
-        self.granted = granted
-        self.failing = failing
-        self.routes: list[str] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        route = request.url.path.rsplit("/", 1)[1]
-        self.routes.append(route)
-        failure = self.failing.get(route)
-        if isinstance(failure, Exception):
-            raise failure
-        if failure is not None:
-            return failure
-        if route == "claim":
-            assert self.granted is not None
-            return httpx.Response(200, json=self.granted.model_dump(mode="json"))
-        return httpx.Response(200, json={"cancelled": False})
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -68,29 +45,6 @@ def mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MnistTensors:
     data = load_mnist(tmp_path / "data")
     monkeypatch.setattr(tasks, "mnist_on_device", lambda *_args: data)
     return data
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def serve(monkeypatch: pytest.MonkeyPatch, api: InternalApi) -> None:
-    """The task's client talks to `api`, and gives up on an outage at once (the deadline
-    is shorter than the first back-off)."""
-
-    def client(base_url: str, token: str) -> ApiClient:
-        return ApiClient(base_url, token, retry_seconds=0.01, transport=httpx.MockTransport(api))
-
-    monkeypatch.setattr(tasks, "ApiClient", client)
-
-
-def claim_of(**fields: Any) -> Claim:
-    spec = small_job(**{"epochs": 1, "data": {"train_subset": 128}, **fields})
-    return Claim(job_id=JOB_ID, attempt=1, lease_token="t" * 32, lease_seconds=60, spec=spec)
 
 
 class TestTheApiGoingAway:
@@ -142,16 +96,8 @@ class TestTheApiGoingAway:
 
 class TestOncePerJob:
     def test_the_cpu_flags_are_read_once_per_job_not_per_batch(self, monkeypatch, settings, mnist):
-        opened: list[str] = []
-        real_open = builtins.open
-
-        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-            if str(file) == "/proc/cpuinfo":
-                opened.append(str(file))
-            return real_open(file, *args, **kwargs)
-
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-        monkeypatch.setattr(builtins, "open", counting_open)
+        opened = cpuinfo_opens(monkeypatch)
         # Two epochs of two batches each, and two evaluations.
         api = InternalApi(claim_of(epochs=2))
         serve(monkeypatch, api)

@@ -1,7 +1,6 @@
-import builtins
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,82 +9,26 @@ import torch
 from torch import nn
 from torch.optim import SGD, Optimizer, lr_scheduler
 
-from shared.messages import BatchProgress, CheckpointRecord, EpochMetrics
 from shared.spec import JobSpec
 from testbed.synthetic_mnist import write_synthetic_mnist
+from tests.unit.worker.cpu_flags import cpuinfo_opens
+from tests.unit.worker.reporters import RecordingReporter
+from tests.unit.worker.small_jobs import (
+    CPU,
+    CPU_FP32,
+    TRAIN_SUBSET,
+    conv,
+    small_job,
+    small_layers,
+)
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import MNIST_MEAN, MNIST_STD, InputTransform, MnistTensors, load_mnist
-from worker.training.device import Hardware
 from worker.training.loop import TrainingStopped, train
 from worker.training.model import build_for_training, build_model
 from worker.training.optimizers import build_optimizer
 from worker.training.schedules import LearningRateController, batches_per_epoch
 
-CPU = torch.device("cpu")
-# Plain fp32 whatever the CPU: the tests give the same numbers on every machine.
-CPU_FP32 = Hardware(CPU, bf16=False)
-TRAIN_SUBSET = 384
-
-
-def conv(out_channels: int, **fields: Any) -> dict[str, Any]:
-    return {"type": "conv", "out_channels": out_channels, **fields}
-
-
-def small_layers() -> list[dict[str, Any]]:
-    return [
-        conv(8, kernel_size=5, stride=2, batch_norm=True),
-        {"type": "maxpool", "kernel_size": 2},
-        {"type": "flatten"},
-        {"type": "linear", "out_features": 10},
-    ]
-
-
-def small_job(**fields: Any) -> JobSpec:
-    """Two quick epochs of a small model on a subset of the synthetic digits."""
-    body: dict[str, Any] = {
-        "model": {"layers": small_layers()},
-        "data": {"train_subset": TRAIN_SUBSET},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "schedule": {"name": "constant"},
-        "batch_size": 64,
-        "epochs": 2,
-    }
-    return JobSpec.model_validate({**body, **fields})
-
-
-@dataclass
-class RecordingReporter:
-    """Records what the loop reports; asks it to stop once `stop_after` batches were asked."""
-
-    stop_after: int | None = None
-    stop_questions: int = 0
-    rows: list[EpochMetrics] = field(default_factory=list)
-    checkpoints: list[CheckpointRecord | None] = field(default_factory=list)
-    progress: list[BatchProgress] = field(default_factory=list)
-
-    def should_stop(self) -> bool:
-        self.stop_questions += 1
-        return self.stop_after is not None and self.stop_questions > self.stop_after
-
-    def handback_deadline(self) -> float | None:
-        return None
-
-    def epoch_finished(self, metrics: EpochMetrics, checkpoint: CheckpointRecord | None) -> None:
-        self.rows.append(metrics)
-        self.checkpoints.append(checkpoint)
-
-    def batch_progress(self, progress: BatchProgress) -> None:
-        self.progress.append(progress)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # These models are tiny: a second thread only adds synchronisation, and when other
-    # processes share the cores it can make each training run many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -548,15 +491,7 @@ class TestHardwareIsDecidedOnce:
     def test_training_never_reads_the_cpu_flags_itself(self, mnist, monkeypatch):
         """The job's precision comes in with its hardware: nothing in the loop, per batch or
         per evaluation, opens /proc/cpuinfo."""
-        opened: list[str] = []
-        real_open = builtins.open
-
-        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-            if str(file) == "/proc/cpuinfo":
-                opened.append(str(file))
-            return real_open(file, *args, **kwargs)
-
-        monkeypatch.setattr(builtins, "open", counting_open)
+        opened = cpuinfo_opens(monkeypatch)
         reporter = RecordingReporter()
         train(small_job(epochs=2), mnist, reporter, hardware=CPU_FP32)
         assert [row.epoch for row in reporter.rows] == [0, 1]
