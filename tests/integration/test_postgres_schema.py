@@ -1,7 +1,7 @@
 import pytest
 
 from api.core.migrations import upgrade
-from tests.unit.api.test_migrations import schema_drift
+from tests.schema_drift import schema_drift
 
 pytestmark = pytest.mark.integration
 
