@@ -1,11 +1,9 @@
 """Fault-injection fixtures: PostgreSQL (a fresh database per test), a redis-server of the
-test's own on a free port, the API under uvicorn and Celery workers, all real processes.
-
-Leases, heartbeats and sweeps are short here so that a lost worker is noticed in seconds;
-the mechanisms are the ones production runs with its longer defaults.
+test's own on a free port, the API under uvicorn and Celery workers, all real processes, with
+the short leases of tests/faults/fast_stack.py.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,33 +11,8 @@ import pytest
 
 from testbed.stack import Stack
 from testbed.synthetic_mnist import write_synthetic_mnist
+from tests.faults.fast_stack import FAST_LEASES, TEST_IMAGES, TRAIN_IMAGES, StackFactory
 from tests.faults.harness import Client, RedisServer, client_for
-from tests.integration.conftest import postgres_url  # noqa: F401 - a fixture used here
-
-# Enough images that an epoch lasts a few seconds on one thread: long enough to be killed
-# in the middle of.
-TRAIN_IMAGES = 6000
-TEST_IMAGES = 500
-
-FAST_LEASES = {
-    "TUNELAB_LEASE_SECONDS": "6",
-    "TUNELAB_HEARTBEAT_SECONDS": "1",
-    "TUNELAB_SWEEP_SECONDS": "1",
-    "TUNELAB_REDISPATCH_SECONDS": "5",
-    "TUNELAB_MAX_ATTEMPTS": "5",
-    "TUNELAB_HANDBACK_GRACE_SECONDS": "0",
-    # One thread per training process: runs are reproducible and two workers share 2 cores.
-    "TUNELAB_TORCH_THREADS": "1",
-}
-
-
-def job_spec(epochs: int, seed: int = 7, **fields: object) -> dict[str, object]:
-    return {
-        "epochs": epochs,
-        "seed": seed,
-        "data": {"train_subset": TRAIN_IMAGES, "test_subset": TEST_IMAGES},
-        **fields,
-    }
 
 
 @pytest.fixture
@@ -48,9 +21,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
-
-
-StackFactory = Callable[..., tuple[Stack, Client]]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -68,7 +38,7 @@ FAILED = pytest.StashKey[bool]()
 def fault_stack(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    postgres_url: str,  # noqa: F811 - the fixture imported above
+    postgres_url: str,
     own_redis: RedisServer,
 ) -> Iterator[StackFactory]:
     """Builds the stack a scenario asks for: settings, and how many workers."""

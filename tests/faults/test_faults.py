@@ -20,7 +20,7 @@ import pytest
 from shared.settings import Settings
 from testbed.services import psycopg_url
 from testbed.stack import Process, free_port, wait_until
-from tests.faults.conftest import StackFactory, job_spec
+from tests.faults.fast_stack import StackFactory, job_spec
 from tests.faults.harness import (
     RedisServer,
     audit,

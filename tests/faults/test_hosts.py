@@ -18,7 +18,7 @@ from testbed.services import psycopg_url
 from testbed.stack import Stack, wait_until
 from testbed.synthetic_mnist import write_synthetic_mnist
 from tests.availability import unavailable
-from tests.faults.conftest import FAST_LEASES, TEST_IMAGES, TRAIN_IMAGES, job_spec
+from tests.faults.fast_stack import FAST_LEASES, TEST_IMAGES, TRAIN_IMAGES, job_spec
 from tests.faults.harness import RedisServer, audit, client_for, tally
 from tests.faults.hosts import Network, namespaces_unavailable, network
 from tests.figures import figure
@@ -28,7 +28,7 @@ EPOCHS = 30
 
 
 @pytest.fixture
-def test_network() -> Iterator[Network]:
+def host_network() -> Iterator[Network]:
     reason = namespaces_unavailable()
     if reason is not None:
         unavailable(f"network namespaces cannot be made here: {reason}", "the multi-host scenario")
@@ -56,9 +56,9 @@ def worker_host(root: Path, net: Network, api: Stack, name: str) -> Stack:
 
 
 def test_a_host_cut_off_mid_epoch_loses_its_job_to_another_and_is_refused_when_back(
-    tmp_path: Path, postgres_url: str, test_network: Network
+    tmp_path: Path, postgres_url: str, host_network: Network
 ) -> None:
-    net = test_network
+    net = host_network
     api_folder = tmp_path / "api-host"
     api_folder.mkdir()
     redis = RedisServer(api_folder, host=net.address)

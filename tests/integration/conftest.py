@@ -1,47 +1,14 @@
-"""Integration fixtures: real PostgreSQL and Redis on this machine, real Tunelab processes.
-
-Outside CI a missing service skips these tests; with CI set, it fails them.
+"""Integration fixtures: real Tunelab processes, on the machine's PostgreSQL and Redis
+(tests/conftest.py's postgres_url and redis_queue) or on the embedded default.
 """
 
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn
 
-import psycopg
 import pytest
-import redis
 
-from testbed.services import POSTGRES_ADMIN, REDIS_URL, fresh_database, fresh_queue
 from testbed.stack import Stack
 from testbed.synthetic_mnist import write_synthetic_mnist
-from tests.availability import unavailable
-
-
-def _unavailable(service: str, error: Exception) -> NoReturn:
-    unavailable(f"{service} is not reachable ({error})", "the integration tests")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
-    with ExitStack() as cleanup:
-        try:
-            url = cleanup.enter_context(fresh_database(POSTGRES_ADMIN, "tunelab_it"))
-        except psycopg.OperationalError as error:
-            _unavailable("PostgreSQL", error)
-        yield url
-
-
-@pytest.fixture
-def redis_queue() -> Iterator[tuple[str, str]]:
-    """The machine's Redis and a queue name no one else uses; its keys are removed after."""
-    with ExitStack() as cleanup:
-        try:
-            queue = cleanup.enter_context(fresh_queue(REDIS_URL, "tunelab-it"))
-        except redis.RedisError as error:
-            _unavailable("Redis", error)
-        yield REDIS_URL, queue
 
 
 def _started(stack: Stack) -> Iterator[Stack]:
