@@ -2,6 +2,7 @@
 standalone S3 server (a real process speaking the S3 protocol; it emulates S3)."""
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,15 @@ class TestContract:
         assert store.head("job_1", "b.pt") is None
         assert read(store, "job_10", "a.pt") == b"job_10/a.pt"
 
-    def test_deleting_a_job_without_files_is_harmless(self, store):
-        store.delete_job("job_never")
+    def test_deleting_a_job_without_files_is_harmless(self, store, caplog):
+        source, sha256 = staged(store, b"another job's weights")
+        store.put("job_1", "a.pt", source, sha256)
+        with caplog.at_level(logging.WARNING, logger="api.artifacts"):
+            store.delete_job("job_never")
+        # The store logs a delete that fails instead of raising: nothing to delete is no
+        # failure, so nothing is logged, and no other job's file goes.
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("api.artifacts")] == []
+        assert read(store, "job_1", "a.pt") == b"another job's weights"
 
 
 class TestLocalStore:
