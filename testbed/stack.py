@@ -7,7 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,25 @@ class Stack:
         that no table cell wraps (the assertions read whole rows)."""
         env = {"TUNELAB_API_KEY": key, "COLUMNS": "200"}
         return self.run_tunelab(*args, timeout=timeout, env=env, stdin=stdin)
+
+    @contextmanager
+    def running_client_command(self, key: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+        """A client command as a tenant runs it (a `watch`), left running while the caller
+        acts, its output piped; killed on the way out if it has not ended by then."""
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=REPO_ROOT,
+            env={**self.env(), "TUNELAB_API_KEY": key},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield popen
+        finally:
+            if popen.poll() is None:
+                popen.kill()
+                popen.communicate()
 
     def client(self, key: str, timeout: float = 30) -> httpx.Client:
         """An HTTP client of the API with a tenant's key."""

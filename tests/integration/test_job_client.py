@@ -4,7 +4,6 @@ against uvicorn, a Celery worker training real jobs, PostgreSQL and Redis."""
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.idx import read_idx
-from testbed.stack import REPO_ROOT, Stack, wait_until
+from testbed.stack import Stack, wait_until
 from worker.mnist_files import TEST_IMAGES, TEST_LABELS, raw_dir
 
 pytestmark = pytest.mark.integration
@@ -250,15 +249,7 @@ def cancel_while_watched(stack: Stack, key: str, long: str) -> None:
         return int(job["progress"]["epochs_completed"])
 
     wait_until(lambda: epochs_done() >= 1, 120, "the long job's first epoch")
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "watch", long],
-        cwd=REPO_ROOT,
-        env={**stack.env(), "TUNELAB_API_KEY": key},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with stack.running_client_command(key, "watch", long) as watcher:
         # An epoch begun and ended while the watch follows it: it saw the epoch's progress.
         seen = epochs_done()
         wait_until(lambda: epochs_done() >= seen + 2, 120, "two more epochs")
@@ -268,10 +259,6 @@ def cancel_while_watched(stack: Stack, key: str, long: str) -> None:
         cancelled = tunelab(stack, key, "cancel", long)
         assert (cancelled.returncode, cancelled.stdout) == (0, f"job {long} cancelled\n")
         out, err = watcher.communicate(timeout=120)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.communicate()
     assert watcher.returncode == 3, err
     # Every epoch from the first, each once, though the watch began later.
     epochs = [line.split(" (")[0] for line in out.splitlines() if "train_loss" in line]

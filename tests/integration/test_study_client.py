@@ -3,14 +3,13 @@ it, against uvicorn, a Celery worker training real trials, PostgreSQL and Redis.
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
 from cli.client.optuna_export import journal_storage
-from testbed.stack import REPO_ROOT, Stack, wait_until
+from testbed.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -138,22 +137,10 @@ def test_cancel_and_watch_a_running_study(production_stack: Stack, tmp_path: Pat
         return any(t["state"] == "running" for t in items)
 
     wait_until(trial_running, 120, "a trial to start")
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "study", "watch", study_id],
-        cwd=REPO_ROOT,
-        env={**stack.env(), "TUNELAB_API_KEY": key},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with stack.running_client_command(key, "study", "watch", study_id) as watcher:
         cancelled = study_command(stack, key, "cancel", study_id)
         assert cancelled.returncode == 0, cancelled.stderr
         assert cancelled.stdout.startswith(f"study {study_id} cancelled")
         out, err = watcher.communicate(timeout=120)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.communicate()
     assert watcher.returncode == 1, err
     assert out.splitlines()[-1].startswith(f"study {study_id} cancelled")
