@@ -42,6 +42,13 @@ def trials(client: httpx.Client, study_id: str) -> list[dict[str, Any]]:
     return client.get(f"/v1/studies/{study_id}/trials").json()["items"]
 
 
+def each_trial_ran_once(rows: list[dict[str, Any]], max_trials: int) -> None:
+    """Trials 0 to max_trials - 1, each its own job, all succeeded: none lost, none twice."""
+    assert [t["number"] for t in rows] == list(range(max_trials))
+    assert len({t["job_id"] for t in rows}) == max_trials
+    assert {t["state"] for t in rows} == {"succeeded"}
+
+
 def test_a_grid_runs_exactly_its_four_specs(stack: Stack):
     with stack.client(stack.create_key()) as client:
         study = create(
@@ -174,9 +181,7 @@ def test_an_api_killed_mid_study_resumes_it_without_losing_or_repeating_a_trial(
             f"status {done['status']}"
         )
         assert done["status"] == "succeeded", stack.logs()
-        assert [t["number"] for t in rows] == list(range(max_trials))
-        assert len({t["job_id"] for t in rows}) == max_trials
-        assert {t["state"] for t in rows} == {"succeeded"}
+        each_trial_ran_once(rows, max_trials)
         jobs = client.get("/v1/jobs", params={"limit": 100}).json()["items"]
         assert len(jobs) == max_trials
 
@@ -265,8 +270,6 @@ def test_two_api_processes_schedule_one_study_once(production_stack: Stack):
             done = wait_for_study(first_client, study["id"])
             rows = trials(second_client, study["id"])
         assert done["status"] == "succeeded", stack.logs() + second.logs()
-        assert [t["number"] for t in rows] == list(range(max_trials))
-        assert len({t["job_id"] for t in rows}) == max_trials
-        assert {t["state"] for t in rows} == {"succeeded"}
+        each_trial_ran_once(rows, max_trials)
     finally:
         second.stop()

@@ -108,18 +108,21 @@ class TestFailedAuthentication:
         assert refusal(limiter.count_request, "abc") is None
 
 
-class TestUnreachableRedis:
-    # Nothing listens on port 1.
-    URL = "redis://127.0.0.1:1/0"
+def on_unreachable_redis(retry_seconds: float) -> RateLimiter:
+    """A limiter of one request a minute, counting in a Redis that never answers (nothing
+    listens on port 1), which it leaves alone for `retry_seconds` after each failure."""
+    return RateLimiter(
+        "redis://127.0.0.1:1/0",
+        requests_per_minute=1,
+        failed_auth_per_minute=1,
+        timeout_seconds=0.2,
+        retry_seconds=retry_seconds,
+    )
 
+
+class TestUnreachableRedis:
     def test_requests_are_allowed_and_one_warning_logged_while_redis_is_left_alone(self, caplog):
-        limiter = RateLimiter(
-            self.URL,
-            requests_per_minute=1,
-            failed_auth_per_minute=1,
-            timeout_seconds=0.2,
-            retry_seconds=60,
-        )
+        limiter = on_unreachable_redis(retry_seconds=60)
         with caplog.at_level(logging.WARNING, logger="api.auth.rate_limit"):
             refusals = [refusal(limiter.count_request, "abc") for _ in range(5)]
             refusals += [refusal(limiter.count_failure, "api-key", "a") for _ in range(5)]
@@ -130,13 +133,7 @@ class TestUnreachableRedis:
         assert warnings[0].levelno == logging.WARNING
 
     def test_redis_is_tried_again_once_the_pause_is_over(self, caplog):
-        limiter = RateLimiter(
-            self.URL,
-            requests_per_minute=1,
-            failed_auth_per_minute=1,
-            timeout_seconds=0.2,
-            retry_seconds=0,
-        )
+        limiter = on_unreachable_redis(retry_seconds=0)
         with caplog.at_level(logging.WARNING, logger="api.auth.rate_limit"):
             refusals = [refusal(limiter.count_request, "abc") for _ in range(3)]
         limiter.close()
