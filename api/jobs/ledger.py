@@ -16,7 +16,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from api.core.dispatch import Dispatcher
@@ -162,30 +162,72 @@ def attempts_of(session: Session, job_id: str) -> list[AttemptRow]:
     )
 
 
+def cancel_active_jobs(session: Session, *where: ColumnElement[bool]) -> list[str]:
+    """Cancels the queued and running jobs that match `where`, closing each one's running
+    attempt, in the caller's transaction; the ids of those it cancelled. A compare-and-set:
+    a job that finished meanwhile keeps its final status. The attempt closed is the one each
+    row held when the cancel matched, not one read before: a claim may have started another
+    in between."""
+    cancelled = session.execute(
+        update(Job)
+        .where(col(Job.status).in_(ACTIVE_STATUSES), *where)
+        .values(status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
+        .returning(col(Job.id), col(Job.attempts))
+        .execution_options(synchronize_session=False)
+    ).all()
+    for job_id, attempt in cancelled:
+        if attempt:
+            end_attempt(session, job_id, attempt, AttemptOutcome.cancelled)
+    return [job_id for job_id, _ in cancelled]
+
+
 def cancel_job(session: Session, job: Job) -> Job:
     if JobStatus(job.status).finished:
         raise JobNotCancellable(f"job {job.id} is already {job.status}")
-    # Compare-and-set: a job that finished meanwhile keeps its final status.
-    result = session.execute(
-        update(Job)
-        .where(col(Job.id) == job.id, col(Job.status).in_([JobStatus.queued, JobStatus.running]))
-        .values(status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
-    )
-    if result.rowcount and job.attempts:  # type: ignore[attr-defined]
-        end_attempt(session, job.id, job.attempts, AttemptOutcome.cancelled)
+    cancelled = cancel_active_jobs(session, col(Job.id) == job.id)
     session.commit()
     session.refresh(job)
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    if not cancelled:
         raise JobNotCancellable(f"job {job.id} is already {job.status}")
     return job
 
 
-def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) -> Job:
+def may_try_again(lost_before: Any, max_attempts: int) -> Any:
+    """Whether a job whose running attempt just lost its lease may train once more, given
+    the attempts it lost that way before (handed-back attempts do not count). The one rule
+    for the sweep's requeue and a claim's takeover; it reads the same on ints and on SQL
+    expressions."""
+    return lost_before + 1 < max_attempts
+
+
+def lost_attempts(job_id: Any) -> Any:
+    """How many attempts of `job_id` (a value or a column) ended by losing their lease, as
+    a SQL expression."""
+    return (
+        select(func.count())
+        .select_from(AttemptRow)
+        .where(
+            col(AttemptRow.job_id) == job_id,
+            col(AttemptRow.outcome) == AttemptOutcome.lease_expired,
+        )
+        .scalar_subquery()
+    )
+
+
+def claim_job(
+    session: Session, job_id: str, worker: str, lease_seconds: float, max_attempts: int
+) -> Job:
     now = utcnow()
     token = secrets.token_hex(16)
+    # A running job whose lease expired is taken over at once, without waiting for the
+    # sweep, unless it has lost max_attempts that way: then the sweep fails it.
     claimable = or_(
         col(Job.status) == JobStatus.queued,
-        and_(col(Job.status) == JobStatus.running, col(Job.lease_expires_at) < now),
+        and_(
+            col(Job.status) == JobStatus.running,
+            col(Job.lease_expires_at) < now,
+            may_try_again(lost_attempts(col(Job.id)), max_attempts),
+        ),
     )
     result = session.execute(
         update(Job)
@@ -241,15 +283,57 @@ def release_job(session: Session, job: Job, attempt: int) -> None:
 STOPPED_STATUSES = (JobStatus.cancelled, JobStatus.pruned)
 
 
-def holding_attempt(session: Session, job_id: str, post: AttemptPost) -> Job:
-    """The job, if `post` comes from the attempt that holds it: running, or stopped
-    (cancelled or pruned) while it ran."""
-    job = session.get(Job, job_id)
+def _attempt_holds(
+    job_id: str, post: AttemptPost, statuses: tuple[JobStatus, ...]
+) -> ColumnElement[bool]:
+    return and_(
+        col(Job.id) == job_id,
+        col(Job.attempts) == post.attempt,
+        col(Job.lease_token) == post.lease_token,
+        col(Job.status).in_(statuses),
+    )
+
+
+def _refuse_stale(session: Session, job_id: str, post: AttemptPost) -> StaleAttempt:
+    session.rollback()
+    job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.attempts != post.attempt or job.lease_token != post.lease_token:
-        raise StaleAttempt(f"attempt {post.attempt} does not hold job {job_id}")
-    if job.status not in (JobStatus.running, *STOPPED_STATUSES):
-        raise StaleAttempt(f"job {job_id} is {job.status}")
+        return StaleAttempt(f"attempt {post.attempt} does not hold job {job_id}")
+    return StaleAttempt(f"job {job_id} is {job.status}")
+
+
+def lock_held_job(session: Session, job_id: str, post: AttemptPost) -> Job:
+    """The job, locked for the caller's transaction, if `post` comes from the attempt that
+    holds it: running, or stopped (cancelled or pruned) while it ran. StaleAttempt otherwise.
+
+    The check is the lock: a conditional no-op UPDATE that matches only while the attempt
+    holds the job takes the row's lock on PostgreSQL (and the write lock on SQLite), so no
+    cancel, claim, sweep or other post can change the job until the caller commits, and
+    everything the caller then writes by the job's key is written for this attempt alone.
+    A cancel that committed first is seen here: the answer then says so."""
+    held = session.execute(
+        update(Job)
+        .where(_attempt_holds(job_id, post, (JobStatus.running, *STOPPED_STATUSES)))
+        .values(attempts=col(Job.attempts))
+        .execution_options(synchronize_session=False)
+    )
+    if held.rowcount == 0:  # type: ignore[attr-defined]
+        raise _refuse_stale(session, job_id, post)
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None  # the update above just matched it
     return job
+
+
+def require_running_attempt(session: Session, job_id: str, post: AttemptPost) -> None:
+    """Refuses (StaleAttempt) an attempt that no longer holds the job, or whose job was
+    stopped from outside: such an attempt has nothing left to upload. A read, ended at once:
+    nothing is written on the strength of it."""
+    running = session.exec(
+        select(Job.id).where(_attempt_holds(job_id, post, (JobStatus.running,)))
+    ).first()
+    if running is None:
+        raise _refuse_stale(session, job_id, post)
+    session.rollback()
 
 
 def prune_job(session: Session, job: Job, attempt: int, reason: str) -> None:

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 from api.core.dispatch import Dispatcher
 from api.core.loops import LeasedLoop
 from api.core.models import AttemptOutcome, AttemptRow, Job, JobStatus, as_utc, utcnow
-from api.jobs.ledger import attempts_of, dispatch, end_attempt
+from api.jobs.ledger import attempts_of, dispatch, end_attempt, may_try_again
 from api.ops.metrics import lease_expired
 from shared.settings import Settings
 
@@ -85,11 +85,11 @@ def sweep(
 def _requeue_expired(
     session: Session, max_attempts: int, now: datetime, counts: SweepCounts
 ) -> None:
-    lost = list(session.exec(select(Job).where(_expired(now)).limit(SWEEP_BATCH)))
-    for job in lost:
+    expired = list(session.exec(select(Job).where(_expired(now)).limit(SWEEP_BATCH)))
+    for job in expired:
         history = attempts_of(session, job.id)
-        lost_attempts = 1 + sum(row.outcome == AttemptOutcome.lease_expired for row in history)
-        give_up = lost_attempts >= max_attempts
+        lost_before = sum(row.outcome == AttemptOutcome.lease_expired for row in history)
+        give_up = not may_try_again(lost_before, max_attempts)
         values: dict[str, object]
         if give_up:
             values = {
@@ -98,7 +98,7 @@ def _requeue_expired(
                 "lease_expires_at": None,
                 "error": {
                     "type": "max_attempts",
-                    "message": f"gave up after {lost_attempts} attempts stopped reporting until "
+                    "message": f"gave up after {lost_before + 1} attempts stopped reporting until "
                     f"their lease expired (max_attempts is {max_attempts}): "
                     + describe_attempts(history, job.attempts),
                 },

@@ -18,7 +18,7 @@ from api.core.models import Job, JobStatus
 from api.jobs.ledger import (
     dispatch,
     finish_job,
-    holding_attempt,
+    lock_held_job,
     record_epoch,
     record_progress,
     release_job,
@@ -66,7 +66,7 @@ def _attempt_write(
 ) -> PostResult:
     """Runs `write` for the attempt that holds the job and commits it; a job stopped from
     outside is answered at once. Raises StaleAttempt for an attempt that lost the job."""
-    job = holding_attempt(session, job_id, post)
+    job = lock_held_job(session, job_id, post)
     if (stop := _stop_answer(job)) is not None:
         session.rollback()
         return PostResult(stop)

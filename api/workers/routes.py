@@ -65,7 +65,7 @@ def _free_trial_slot(request: Request, result: PostResult) -> None:
 @router.post(f"/{{job_id}}/{CLAIM}", response_model=Claim)
 def claim(job_id: str, request: ClaimRequest, session: SessionDep, settings: SettingsDep) -> Claim:
     """Start a new attempt of a queued job (or of one whose lease expired)."""
-    job = claim_job(session, job_id, request.worker, settings.lease_seconds)
+    job = claim_job(session, job_id, request.worker, settings.lease_seconds, settings.max_attempts)
     attempt_started()
     return Claim(
         job_id=job.id,

@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from api.artifacts.store import ArtifactStore, StoredMeta
 from api.core.deps import SessionDep
-from api.jobs.ledger import holding_attempt
+from api.jobs.ledger import require_running_attempt
 from api.web.error_handlers import json_path
 from api.web.errors import BodyIncomplete, BodyTooLarge, ChecksumMismatch
 from shared.messages import MAX_INT32, AttemptPost
@@ -48,11 +48,11 @@ def uploading_attempt(
         str, Header(alias=LEASE_TOKEN_HEADER, max_length=100, description="Its lease token")
     ],
 ) -> AttemptPost:
-    """The uploading attempt, if it holds the job (409 otherwise, before the body is read)."""
+    """The uploading attempt, if it holds the job and the job still runs (409 otherwise,
+    before the body is read): a cancelled or pruned job's attempt has nothing to upload."""
     post = AttemptPost(attempt=attempt, lease_token=lease_token)
-    holding_attempt(session, job_id, post)
-    # Ends the read: no transaction stays open while the body streams in.
-    session.rollback()
+    # Ends its read: no transaction stays open while the body streams in.
+    require_running_attempt(session, job_id, post)
     return post
 
 
@@ -174,6 +174,6 @@ def keep(
     # Asked again after the body arrived, however long that took: an attempt that lost the
     # job meanwhile never replaces a file the attempt holding it now may have recorded.
     with Session(engine) as session:
-        holding_attempt(session, job_id, post)
+        require_running_attempt(session, job_id, post)
     store.put(job_id, name, received.path, received.sha256)
     return True
