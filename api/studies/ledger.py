@@ -5,16 +5,18 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col
 
 from api.core.models import Job, Study, StudyStatus, TrialRow, utcnow
 from api.core.submissions import lock_tenant, open_submission
-from api.jobs.ledger import add_job, cancel_job, reserve_job_slot
-from api.studies.reads import active_trial_jobs
-from api.web.errors import JobNotCancellable, StudyNotCancellable
+from api.jobs.ledger import add_job, cancel_active_jobs, reserve_job_slot
+from api.web.errors import StudyNotCancellable
 from shared.analysis import Analysis
 from shared.spec import JobSpec
 from shared.study_spec import StudySpec
+
+ACTIVE_STUDY_STATUSES = (StudyStatus.queued, StudyStatus.running)
 
 
 def create_study(
@@ -116,7 +118,7 @@ def _store_trial(
         update(Study)
         .where(
             col(Study.id) == study.id,
-            col(Study.status).in_([StudyStatus.queued, StudyStatus.running]),
+            col(Study.status).in_(ACTIVE_STUDY_STATUSES),
         )
         .values(**values)
         .execution_options(synchronize_session=False)
@@ -131,48 +133,67 @@ def _store_trial(
         # The (study, number) key is taken: another scheduler got there first.
         session.rollback()
         return False
-    study.status = StudyStatus.running
-    if sampler_state is not None:
-        study.sampler_state = sampler_state
+    _as_stored(study, **values)
     return True
 
 
 def save_importances(
     session: Session, study: Study, importances: dict[str, float] | None, trials: int
 ) -> None:
-    study.importances = importances
-    study.importances_trials = trials
-    session.add(study)
-    session.commit()
-
-
-def finish_study(session: Session, study: Study, error: dict[str, str] | None) -> None:
-    study.status = StudyStatus.failed if error else StudyStatus.succeeded
-    study.error = error
-    study.finished_at = utcnow()
-    session.add(study)
-    session.commit()
-
-
-def cancel_study(session: Session, study: Study) -> Study:
-    """Ends the study, then cancels each of its queued and running trials. The study ends
-    first: the scheduler stores no trial in a cancelled study, so none is missed."""
-    ended = session.execute(
+    """Keeps the importances and how many trials they came from; the study's status is left
+    as the database has it."""
+    values = {"importances": importances, "importances_trials": trials}
+    session.execute(
         update(Study)
-        .where(
-            col(Study.id) == study.id,
-            col(Study.status).in_([StudyStatus.queued, StudyStatus.running]),
-        )
-        .values(status=StudyStatus.cancelled, finished_at=utcnow())
+        .where(col(Study.id) == study.id)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    session.refresh(study)
+    _as_stored(study, **values)
+
+
+def finish_study(session: Session, study: Study, error: dict[str, str] | None) -> bool:
+    """Ends a study the scheduler found done; False (and nothing written) when it ended
+    otherwise meanwhile: a cancel answered 200 is never overturned."""
+    status = StudyStatus.failed if error else StudyStatus.succeeded
+    finished_at = utcnow()
+    ended = session.execute(
+        update(Study)
+        .where(col(Study.id) == study.id, col(Study.status).in_(ACTIVE_STUDY_STATUSES))
+        .values(status=status, error=error, finished_at=finished_at)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
     if not ended.rowcount:  # type: ignore[attr-defined]
+        session.refresh(study)
+        return False
+    _as_stored(study, status=status, error=error, finished_at=finished_at)
+    return True
+
+
+def cancel_study(session: Session, study: Study) -> Study:
+    """Ends the study and cancels its queued and running trials, in one transaction: the
+    scheduler stores no trial in a cancelled study, and no trial outlives the cancel."""
+    ended = session.execute(
+        update(Study)
+        .where(col(Study.id) == study.id, col(Study.status).in_(ACTIVE_STUDY_STATUSES))
+        .values(status=StudyStatus.cancelled, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if not ended.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        session.refresh(study)
         raise StudyNotCancellable(f"study {study.id} is already {study.status}")
-    for job in active_trial_jobs(session, study.id):
-        try:
-            cancel_job(session, job)
-        except JobNotCancellable:
-            pass  # it finished meanwhile: nothing to cancel
+    cancel_active_jobs(session, col(Job.study_id) == study.id)
+    session.commit()
+    session.refresh(study)
     return study
+
+
+def _as_stored(study: Study, **values: Any) -> None:
+    """Sets what was just written by an UPDATE on the loaded study, without marking it
+    changed: a later flush of the same object must never write these columns again (it
+    could undo a cancel that came in between)."""
+    for name, value in values.items():
+        set_committed_value(study, name, value)

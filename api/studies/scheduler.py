@@ -89,8 +89,8 @@ def advance(session: Session, study: Study, dispatcher: Dispatcher, settings: Se
         waiting_for_slots = True
     _refresh_importances(session, study, spec, views)
     if not waiting_for_slots and _all_done(spec, views, target):
-        finish_study(session, study, _failure(views))
-        log.info("study %s finished: %s", study.id, study.status)
+        if finish_study(session, study, _failure(views)):
+            log.info("study %s finished: %s", study.id, study.status)
 
 
 def _infeasibility(spec: StudySpec, analysis: Analysis) -> tuple[str | None, dict[str, float]]:
