@@ -42,7 +42,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # A page's cursor: the last job's id, or (best first) its accuracy and id; see api.jobs.reads.
 # Stated exactly, so that every cursor the schema admits is one the server can page from.
 JOB_ID = r"job_[0-9a-f]{24}"
-CURSOR_PATTERN = rf"^({JOB_ID}|(-|[0-9]+(\.[0-9]+)?(e[+-]?[0-9]{1, 2})?)~{JOB_ID})$"
+CURSOR_PATTERN = rf"^({JOB_ID}|(-|[0-9]+(\.[0-9]+)?(e[+-]?[0-9]{{1,2}})?)~{JOB_ID})$"
 
 
 @router.post(
