@@ -43,7 +43,9 @@ def settings(tmp_path: Path) -> Settings:
 def mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MnistTensors:
     write_synthetic_mnist(tmp_path / "data", train=256, test=64)
     data = load_mnist(tmp_path / "data")
-    monkeypatch.setattr(tasks, "mnist_on_device", lambda *_args: data)
+    # Onto the device the task picked, as the real loader does: on a machine with CUDA the
+    # task trains there, and CPU tensors would not index with its indices.
+    monkeypatch.setattr(tasks, "mnist_on_device", lambda _data_dir, device: data.to(device))
     return data
 
 
