@@ -5,7 +5,7 @@ import hashlib
 import httpx
 import pytest
 
-from cli.client import parse_events
+from cli.client.server_events import parse_events
 from testbed.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration

@@ -87,13 +87,16 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 PACKAGES = ("api", "worker", "shared", "cli")
 
 
-def test_no_two_modules_import_each_other_even_inside_a_function():
+def _import_graph() -> dict[str, set[str]]:
     modules = _our_modules()
-    graph = {
+    return {
         name: {imported for imported in _imports_of(path) if imported in modules} - {name}
         for name, path in modules.items()
     }
-    assert _cycle(graph) is None
+
+
+def test_no_two_modules_import_each_other_even_inside_a_function():
+    assert _cycle(_import_graph()) is None
 
 
 # The floors inside api/, lowest first: each package may import only the packages named
@@ -134,14 +137,6 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
             ):
                 broken.append(f"{importer} -> {imported}")
     return broken
-
-
-def _import_graph() -> dict[str, set[str]]:
-    modules = _our_modules()
-    return {
-        name: {imported for imported in _imports_of(path) if imported in modules} - {name}
-        for name, path in modules.items()
-    }
 
 
 class TestApiPackages:

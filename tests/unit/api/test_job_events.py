@@ -5,7 +5,7 @@ import asyncio
 
 from api.jobs.events import JobStream, job_events_since
 from api.web.sse import KEEPALIVE, polled_stream
-from cli.client import parse_events
+from cli.client.server_events import parse_events
 from tests.unit.api.tenant_calls import submit
 from tests.unit.api.worker_calls import PROGRESS, WorkerCalls
 

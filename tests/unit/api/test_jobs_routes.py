@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, event
 
-from cli.client import parse_events
+from cli.client.server_events import parse_events
 from shared.presets import PRESETS
 from shared.settings import Settings
 from tests.unit.api.recording_dispatcher import RecordingDispatcher
