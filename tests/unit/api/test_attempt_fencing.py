@@ -77,9 +77,7 @@ class TestTakeoverOfAnExpiredLease:
 
 
 class TestExponentCursors:
-    def test_a_best_first_page_follows_on_from_a_tiny_accuracy(
-        self, client, auth, worker_auth
-    ):
+    def test_a_best_first_page_follows_on_from_a_tiny_accuracy(self, client, auth, worker_auth):
         worker = WorkerCalls(client, worker_auth)
         ids = []
         for accuracy in (0.00005, 0.00003, 0.00001):
