@@ -11,12 +11,17 @@ from pydantic import Field, TypeAdapter
 from shared.strict import StrictModel
 
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "none"]
+# Every integer a client sends in a spec is at most this (the database's integer columns are
+# 32-bit). The service's own limits (TUNELAB_MAX_CHANNELS, ...) are far lower and checked
+# later; this bound keeps a width of 10**4000 out of the arithmetic and the messages that
+# come before them (its square has more digits than Python will print).
+MAX_INT32 = 2**31 - 1
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class ConvLayer(StrictModel):
     type: Literal["conv"]
-    out_channels: int = Field(ge=1)
+    out_channels: int = Field(ge=1, le=MAX_INT32)
     kernel_size: int = Field(default=3, ge=1, le=28)
     stride: int = Field(default=1, ge=1, le=28)
     padding: int = Field(default=0, ge=0, le=14)
@@ -51,7 +56,7 @@ class FlattenLayer(StrictModel):
 
 class LinearLayer(StrictModel):
     type: Literal["linear"]
-    out_features: int = Field(ge=1)
+    out_features: int = Field(ge=1, le=MAX_INT32)
     activation: Activation = "none"
     dropout: Probability = 0.0
 

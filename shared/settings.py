@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # often the API's scheduler looks for free slots and finished studies.
     max_trials: int = Field(default=200, ge=1)
     schedule_seconds: float = Field(default=1.0, gt=0)
+    # The most points a grid study may have: Optuna's grid sampler lists them all, each time
+    # it is asked for a trial (100,000 points take some 60 ms and 10 MB).
+    max_grid_points: int = Field(default=100_000, ge=1)
 
     # Limits that protect the service from any one client, enforced on every request.
     # A request body larger than this is refused (413) before it is read in full.

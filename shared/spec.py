@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.layers import Layer, Probability
+from shared.layers import MAX_INT32, Layer, Probability
 from shared.strict import PRINTABLE, StrictModel
 
 MNIST_CLASSES = 10
@@ -42,6 +42,13 @@ class DataSpec(StrictModel):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     train_subset: int | None = Field(default=None, ge=1, le=MNIST_TRAIN_IMAGES)
     test_subset: int | None = Field(default=None, ge=1, le=MNIST_TEST_IMAGES)
+    # Training images held out to validate on, the same share of each digit as near as it
+    # can be, chosen by `validation_seed` alone (never by the job's `seed`, so jobs of other
+    # seeds validate on the same images). The job trains on the rest, in their file order;
+    # `train_subset` then takes the first N of those (shared.checks refuses a subset larger
+    # than what is left). Two always stay to train on: a batch of one is never trained.
+    validation: int = Field(default=0, ge=0, le=MNIST_TRAIN_IMAGES - 2)
+    validation_seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
 # A label to find jobs by (`GET /v1/jobs?tag=`): short, no spaces, no punctuation that
@@ -102,7 +109,7 @@ Optimizer = Annotated[
 
 class ScheduleBase(StrictModel):
     # Linear warm-up from lr/10 over these epochs before the schedule proper.
-    warmup_epochs: int = Field(default=0, ge=0)
+    warmup_epochs: int = Field(default=0, ge=0, le=MAX_INT32)
 
 
 class ConstantSchedule(ScheduleBase):
@@ -111,13 +118,13 @@ class ConstantSchedule(ScheduleBase):
 
 class StepSchedule(ScheduleBase):
     name: Literal["step"]
-    step_size: int = Field(default=1, ge=1)
+    step_size: int = Field(default=1, ge=1, le=MAX_INT32)
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
 
 
 class MultiStepSchedule(ScheduleBase):
     name: Literal["multistep"]
-    milestones: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    milestones: list[Annotated[int, Field(ge=1, le=MAX_INT32)]] = Field(min_length=1)
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
@@ -142,7 +149,7 @@ class CyclicSchedule(ScheduleBase):
     base_lr: LearningRate = 0.001
     max_lr: LearningRate = 0.1
     # Half a cycle in optimizer steps, or a whole cycle in epochs; one of the two.
-    step_size_up: int | None = Field(default=None, ge=1)
+    step_size_up: int | None = Field(default=None, ge=1, le=MAX_INT32)
     cycle_epochs: float | None = Field(default=None, gt=0.0)
     mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
     gamma: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -177,7 +184,7 @@ class OneCycleSchedule(ScheduleBase):
 class PlateauSchedule(ScheduleBase):
     name: Literal["plateau"]
     factor: float = Field(default=0.1, gt=0.0, lt=1.0)
-    patience: int = Field(default=2, ge=0)
+    patience: int = Field(default=2, ge=0, le=MAX_INT32)
     threshold: float = Field(default=1e-4, ge=0.0)
     min_lr: float = Field(default=0.0, ge=0.0)
 
@@ -199,8 +206,8 @@ BATCHWISE_SCHEDULES = frozenset({"cyclic", "onecycle"})
 
 
 class BatchSizeStep(StrictModel):
-    epoch: int = Field(ge=0)
-    batch_size: int = Field(ge=1)
+    epoch: int = Field(ge=0, le=MAX_INT32)
+    batch_size: int = Field(ge=1, le=MAX_INT32)
 
 
 class LrRangeTestSpec(StrictModel):
@@ -232,12 +239,15 @@ class JobSpec(StrictModel):
     optimizer: Optimizer = Field(default_factory=lambda: SGDSpec(name="sgd"))
     # One-cycle by default: the baseline reaches ~98.9% on MNIST in a single epoch with it.
     schedule: Schedule = Field(default_factory=lambda: OneCycleSchedule(name="onecycle"))
-    batch_size: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=128, ge=1, le=MAX_INT32)
     # The batch size from each listed epoch on; it must start at epoch 0.
     batch_size_schedule: list[BatchSizeStep] | None = Field(default=None, min_length=1)
-    epochs: int = Field(default=1, ge=1)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    epochs: int = Field(default=1, ge=1, le=MAX_INT32)
+    seed: int = Field(default=0, ge=0, le=MAX_INT32)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Deterministic algorithms only (slower on CUDA): the same spec and seed on the same
+    # kind of device and software then give the same metrics.
+    deterministic: bool = False
 
     @field_validator("tags")
     @classmethod

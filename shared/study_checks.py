@@ -1,7 +1,6 @@
 """What a study must meet when it is submitted, and what each sampled trial must meet before
 it is queued. Each problem names the field to change, as a job's do."""
 
-import copy
 import math
 from typing import Any
 
@@ -17,16 +16,26 @@ from shared.study_spec import (
     Constraints,
     FloatDistribution,
     IntDistribution,
+    PathMissing,
+    PathStep,
     StudySpec,
-    grid_values,
+    dimension_size,
     parse_path,
     path_problem,
-    set_path,
+    with_value,
 )
 
 # Where the layers of a model are; a sampled value under it replaces the preset's layers.
-LAYERS_PATH = ["model", "layers"]
-PRESET_PATH = ["model", "preset"]
+LAYERS_PATH: list[PathStep] = ["model", "layers"]
+PRESET_PATH: list[PathStep] = ["model", "preset"]
+# A 422 lists this many of a space's bad bounds and choices, then stops checking: a body of
+# thousands of bad choices costs no more to answer than one of a few, and its answer stays
+# short.
+MAX_SPACE_PROBLEMS = 20
+# How much of a refused value a message quotes, and of the reasons it was refused (which
+# may quote it again).
+QUOTED_CHARACTERS = 80
+REASON_CHARACTERS = 400
 
 
 def _at(prefix: tuple[str | int, ...], problems: list[Problem]) -> list[Problem]:
@@ -34,16 +43,23 @@ def _at(prefix: tuple[str | int, ...], problems: list[Problem]) -> list[Problem]
 
 
 def sampled_spec(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The job body of a trial: the base spec (as stored) with each sampled value set at its
-    path. Sampling inside the layers, or a preset, makes the model the trial's own."""
-    body = copy.deepcopy(base)
+    """The job body of a trial: the base spec (as stored, and left as it is) with each sampled
+    value set at its path. Sampling inside the layers, or a preset, makes the model the
+    trial's own. SpecRejected, naming the path, when an earlier value removed what a later
+    path leads into."""
     paths = {path: parse_path(path) for path in params}
-    if any(steps[:1] == ["model"] and steps[1:2] == ["preset"] for steps in paths.values()):
-        body["model"]["layers"] = None
+    body = base
+    if any(steps[:2] == PRESET_PATH for steps in paths.values()):
+        body = with_value(body, LAYERS_PATH, None)
     elif any(steps[:2] == LAYERS_PATH for steps in paths.values()):
-        body["model"]["preset"] = None
+        body = with_value(body, PRESET_PATH, None)
     for path, value in params.items():
-        set_path(body, paths[path], copy.deepcopy(value))
+        try:
+            body = with_value(body, paths[path], value)
+        except PathMissing as missing:
+            raise SpecRejected(
+                [Problem(tuple(paths[path]), f"the sampled spec has no {path}: {missing}")]
+            ) from missing
     return body
 
 
@@ -81,9 +97,27 @@ def describe_problems(problems: list[Problem]) -> str:
     )
 
 
+def shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quoted(value: Any) -> str:
+    """A value as a message quotes it, cut short: a refused choice may be a large object."""
+    return shortened(repr(value), QUOTED_CHARACTERS)
+
+
 def _space_problems(study: StudySpec, base: dict[str, Any], settings: Settings) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
     for path, distribution in study.space.items():
+        if len(problems) >= MAX_SPACE_PROBLEMS:
+            problems.append(
+                Problem(
+                    ("space",),
+                    f"the first {MAX_SPACE_PROBLEMS} problems are listed; fix them, and the "
+                    "rest of the space is checked",
+                )
+            )
+            break
         where: tuple[str | int, ...] = ("space", path)
         try:
             steps = parse_path(path)
@@ -99,26 +133,31 @@ def _space_problems(study: StudySpec, base: dict[str, Any], settings: Settings) 
                 Problem(where, "a grid needs every dimension categorical or int, not float")
             )
         if steps == PRESET_PATH and isinstance(distribution, CategoricalDistribution):
-            unknown = [c for c in distribution.choices if c not in PRESETS]
+            # Any JSON value may be a choice; a preset is a name (a list is not even hashable).
+            unknown = [
+                c for c in distribution.choices if not isinstance(c, str) or c not in PRESETS
+            ]
             if unknown:
                 problems.append(
                     Problem(
                         (*where, "choices"),
-                        f"unknown presets {unknown}; one of: {', '.join(PRESETS)}",
+                        f"unknown presets {quoted(unknown)}; one of: {', '.join(PRESETS)}",
                     )
                 )
                 continue
         # Each bound or choice on its own, in the base spec, must make a valid job: a space
         # that cannot produce one trainable spec is refused now, not after its trials fail.
         for field, value in _extremes(distribution):
+            if len(problems) >= MAX_SPACE_PROBLEMS:
+                break
             try:
                 admit_trial(base, {path: value}, settings)
             except SpecRejected as rejected:
                 problems.append(
                     Problem(
                         (*where, *field),
-                        f"{value!r} does not make a valid job: "
-                        f"{describe_problems(rejected.problems)}",
+                        f"{quoted(value)} does not make a valid job: "
+                        + shortened(describe_problems(rejected.problems), REASON_CHARACTERS),
                     )
                 )
     return problems
@@ -130,16 +169,33 @@ def _extremes(
     if isinstance(distribution, CategoricalDistribution):
         return [(("choices", index), choice) for index, choice in enumerate(distribution.choices)]
     if isinstance(distribution, IntDistribution):
-        top = distribution.values()[-1]
-        return [(("low",), distribution.low), (("high",), top)]
+        return [(("low",), distribution.low), (("high",), distribution.top)]
     return [(("low",), distribution.low), (("high",), distribution.high)]
 
 
 def grid_size(study: StudySpec) -> int | None:
-    """How many points the grid has (None for other samplers)."""
+    """How many points the grid has, by arithmetic (None for other samplers, or a grid with
+    a float dimension, which is refused)."""
     if study.sampler.name != "grid":
         return None
-    return math.prod(len(grid_values(d)) for d in study.space.values())
+    sizes = [dimension_size(d) for d in study.space.values()]
+    return None if None in sizes else math.prod(size or 0 for size in sizes)
+
+
+def _grid_problems(study: StudySpec, settings: Settings) -> list[Problem]:
+    # Optuna's grid sampler lists every point of the grid, each time it is asked: a grid is
+    # bounded before anything is built from it.
+    size = grid_size(study)
+    if size is None or size <= settings.max_grid_points:
+        return []
+    return [
+        Problem(
+            ("space",),
+            f"a grid of {size:,} points; at most {settings.max_grid_points:,}: give fewer "
+            "choices, or a coarser step to an int dimension",
+            "limit",
+        )
+    ]
 
 
 def admit_study(study: StudySpec, settings: Settings) -> StudySpec:
@@ -149,7 +205,8 @@ def admit_study(study: StudySpec, settings: Settings) -> StudySpec:
     except SpecRejected as rejected:
         raise SpecRejected(_at(("base",), rejected.problems)) from rejected
     resolved = study.model_copy(update={"base": base})
-    problems = _space_problems(resolved, base.model_dump(mode="json"), settings)
+    problems = _grid_problems(study, settings)
+    problems += _space_problems(resolved, base.model_dump(mode="json"), settings)
     if study.max_trials > settings.max_trials:
         problems.append(Problem(("max_trials",), f"at most {settings.max_trials}", "limit"))
     if study.confirm is not None:

@@ -8,16 +8,26 @@ hands sampling and pruning to Optuna.
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
 
+from shared.layers import MAX_INT32
 from shared.spec import JobSpec
 from shared.strict import PRINTABLE, StrictModel
 
 # One step of a path: `.name` (or a leading `name`), or `[index]`.
 PATH_STEP = re.compile(r"(?:^|\.)([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 PathStep = str | int
+
+# Bounds on what a study may ask to be checked at submission, where every bound and choice
+# is tried as a job of its own (shared.study_checks): at most 64 choices and 2 bounds of
+# each other dimension, about 100 jobs, some 40 ms with a base of the most layers allowed.
+MAX_DIMENSIONS = 16
+MAX_CHOICES = 32
+MAX_CHOICES_IN_ALL = 64
+MAX_INT64 = 2**63 - 1
 
 
 class FloatDistribution(StrictModel):
@@ -37,9 +47,9 @@ class FloatDistribution(StrictModel):
 
 class IntDistribution(StrictModel):
     type: Literal["int"]
-    low: int = Field(ge=-(2**31), le=2**31 - 1)
-    high: int = Field(ge=-(2**31), le=2**31 - 1)
-    step: int = Field(default=1, ge=1)
+    low: int = Field(ge=-(2**31), le=MAX_INT32)
+    high: int = Field(ge=-(2**31), le=MAX_INT32)
+    step: int = Field(default=1, ge=1, le=MAX_INT32)
     log: bool = False
 
     @model_validator(mode="after")
@@ -49,13 +59,21 @@ class IntDistribution(StrictModel):
             raise ValueError("log needs a step of 1")
         return self
 
-    def values(self) -> list[int]:
-        return list(range(self.low, self.high + 1, self.step))
+    @property
+    def count(self) -> int:
+        """How many values the range holds, by arithmetic: a range is never listed to be
+        measured (0 to 2**31 - 1 would be billions of values)."""
+        return (self.high - self.low) // self.step + 1
+
+    @property
+    def top(self) -> int:
+        """The highest value the range holds: `high` itself, or below it by the step."""
+        return self.low + (self.count - 1) * self.step
 
 
 class CategoricalDistribution(StrictModel):
     type: Literal["categorical"]
-    choices: list[JsonValue] = Field(min_length=1, max_length=1000)
+    choices: list[JsonValue] = Field(min_length=1, max_length=MAX_CHOICES)
 
     @model_validator(mode="after")
     def _distinct(self) -> "CategoricalDistribution":
@@ -77,14 +95,26 @@ Distribution = Annotated[
 ]
 
 
-def grid_values(distribution: Distribution) -> list[str | int | float | bool | None]:
-    """A grid dimension's points as Optuna holds them; a float dimension has none (a grid
-    with one is refused at submission)."""
+GridValue = str | int | float | bool | None
+
+
+def grid_values(distribution: Distribution) -> Sequence[GridValue]:
+    """A grid dimension's points as Optuna holds them, an int dimension's as a range (nothing
+    listed); a float dimension has none (a grid with one is refused at submission)."""
     if isinstance(distribution, CategoricalDistribution):
         return [encode_choice(choice) for choice in distribution.choices]
     if isinstance(distribution, IntDistribution):
-        return list(distribution.values())
+        return range(distribution.low, distribution.top + 1, distribution.step)
     raise ValueError("a float dimension has no grid points")
+
+
+def dimension_size(distribution: Distribution) -> int | None:
+    """How many grid points a dimension has, by arithmetic; None for a float dimension."""
+    if isinstance(distribution, CategoricalDistribution):
+        return len(distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return distribution.count
+    return None
 
 
 def encode_choice(choice: JsonValue) -> str | int | float | bool | None:
@@ -115,7 +145,7 @@ class Objective(StrictModel):
         return self.direction == "maximize"
 
 
-Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Seed = Annotated[int, Field(ge=0, le=MAX_INT32)]
 
 
 class SamplerSpec(StrictModel):
@@ -130,16 +160,17 @@ class PrunerSpec(StrictModel):
     name: Literal["none", "median", "asha", "hyperband"] = "none"
     # asha and hyperband: the fewest epochs a trial trains before it can be stopped, and
     # the factor by which each rung keeps fewer trials.
-    min_epochs: int = Field(default=1, ge=1)
+    min_epochs: int = Field(default=1, ge=1, le=MAX_INT32)
     reduction_factor: int = Field(default=3, ge=2, le=100)
     # median: trials that must finish before any is stopped, and epochs before a trial is.
-    n_startup_trials: int = Field(default=5, ge=0)
-    n_warmup_epochs: int = Field(default=0, ge=0)
+    n_startup_trials: int = Field(default=5, ge=0, le=MAX_INT32)
+    n_warmup_epochs: int = Field(default=0, ge=0, le=MAX_INT32)
 
 
 class Constraints(StrictModel):
-    max_parameters: int | None = Field(default=None, ge=1)
-    max_multiply_adds: int | None = Field(default=None, ge=1)
+    # Compared with the analysis's counts, which can pass 2**31 (multiply-adds): 64 bits.
+    max_parameters: int | None = Field(default=None, ge=1, le=MAX_INT64)
+    max_multiply_adds: int | None = Field(default=None, ge=1, le=MAX_INT64)
 
 
 class ConfirmSpec(StrictModel):
@@ -151,7 +182,7 @@ class StudySpec(StrictModel):
     name: str | None = Field(default=None, max_length=200, pattern=PRINTABLE)
     base: JobSpec = Field(default_factory=JobSpec)
     space: dict[Annotated[str, Field(max_length=200)], Distribution] = Field(
-        min_length=1, max_length=32
+        min_length=1, max_length=MAX_DIMENSIONS
     )
     objective: Objective = Field(default_factory=Objective)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
@@ -159,9 +190,22 @@ class StudySpec(StrictModel):
     constraints: Constraints = Field(default_factory=Constraints)
     # Search trials; the confirmation runs come on top. The service's own limit
     # (TUNELAB_MAX_TRIALS) is checked at submission.
-    max_trials: int = Field(default=20, ge=1)
+    max_trials: int = Field(default=20, ge=1, le=MAX_INT32)
     max_parallel_trials: int = Field(default=1, ge=1, le=64)
     confirm: ConfirmSpec | None = None
+
+    @field_validator("space")
+    @classmethod
+    def _choices_in_all(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        total = sum(
+            len(d.choices) for d in space.values() if isinstance(d, CategoricalDistribution)
+        )
+        if total > MAX_CHOICES_IN_ALL:
+            raise ValueError(
+                f"{total} categorical choices in all; at most {MAX_CHOICES_IN_ALL} "
+                f"(and {MAX_CHOICES} in one dimension)"
+            )
+        return space
 
 
 def parse_path(path: str) -> list[PathStep]:
@@ -200,9 +244,30 @@ def path_problem(document: Any, steps: list[PathStep]) -> str | None:
     return None
 
 
-def set_path(document: Any, steps: list[PathStep], value: Any) -> None:
-    """Sets the value at `steps` in `document`, in place; the path must exist."""
-    node = document
-    for step in steps[:-1]:
-        node = node[step]
-    node[steps[-1]] = value
+class PathMissing(ValueError):
+    """A path that does not lead into a document: a sampled value set at an earlier path (a
+    whole `schedule`) may have removed what a later one (`schedule.milestones[0]`) names."""
+
+
+def with_value(document: Any, steps: list[PathStep], value: Any) -> Any:
+    """A copy of `document` with `value` at `steps`. Only the objects and lists along the
+    path are copied; the rest is shared with `document`, which is left as it was. Every step
+    but the last must exist; the last may add a field to an object, but not an item past a
+    list's end. PathMissing (with the reason) otherwise."""
+    try:
+        return _with_value(document, steps, value)
+    except LookupError:
+        raise PathMissing(path_problem(document, steps) or "no such field") from None
+
+
+def _with_value(node: Any, steps: list[PathStep], value: Any) -> Any:
+    if not steps:
+        return value
+    step, rest = steps[0], steps[1:]
+    if isinstance(step, int) and isinstance(node, list) and step < len(node):
+        items = list(node)
+        items[step] = _with_value(node[step], rest, value)
+        return items
+    if isinstance(step, str) and isinstance(node, dict) and (step in node or not rest):
+        return {**node, step: _with_value(node.get(step), rest, value)}
+    raise LookupError(step)
