@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     # The most points a grid study may have: Optuna's grid sampler lists them all, each time
     # it is asked for a trial (100,000 points take some 60 ms and 10 MB).
     max_grid_points: int = Field(default=100_000, ge=1)
+    # Queued plus running studies one tenant may have; one more is refused (429).
+    max_active_studies: int = Field(default=10, ge=1)
 
     # Limits that protect the service from any one client, enforced on every request.
     # A request body larger than this is refused (413) before it is read in full.

@@ -202,6 +202,10 @@ class Study(SQLModel, table=True):
         default=None, sa_column=Column(JSON, nullable=True)
     )
     importances_trials: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Scheduler passes in a row that failed on this study (a pass that succeeds resets it):
+    # a few in a row end the study, failed, so that one that cannot be scheduled never loops.
+    # Kept here, so that a restarted API counts on.
+    scheduling_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
 

@@ -6,17 +6,19 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlmodel import Session, col
+from sqlmodel import Session, col, func, select
 
 from api.core.models import Job, Study, StudyStatus, TrialRow, utcnow
 from api.core.submissions import lock_tenant, open_submission
 from api.jobs.ledger import add_job, cancel_active_jobs, reserve_job_slot
-from api.web.errors import StudyNotCancellable
+from api.web.errors import StudyNotCancellable, TooManyStudies
 from shared.analysis import Analysis
 from shared.spec import JobSpec
 from shared.study_spec import StudySpec
 
 ACTIVE_STUDY_STATUSES = (StudyStatus.queued, StudyStatus.running)
+# How long a tenant at its limit of studies is told to wait: studies run for minutes.
+STUDY_SLOT_RETRY_SECONDS = 30
 
 
 def create_study(
@@ -25,11 +27,15 @@ def create_study(
     spec: StudySpec,
     idempotency_key: str | None,
     body_hash: str,
+    max_active_studies: int,
 ) -> tuple[Study, bool]:
-    """Stores a study (queued until its first trial); returns it and whether it is new."""
+    """Stores a study (queued until its first trial); returns it and whether it is new.
+    Raises TooManyStudies when the tenant already has `max_active_studies` queued or
+    running (a replay is answered all the same: it is no new study)."""
     replayed = open_submission(session, Study, tenant_id, idempotency_key, body_hash)
     if replayed is not None:
         return replayed, False
+    _reserve_study_slot(session, tenant_id, max_active_studies)
     study = Study(
         tenant_id=tenant_id,
         name=spec.name,
@@ -40,6 +46,25 @@ def create_study(
     session.add(study)
     session.commit()
     return study, True
+
+
+def _reserve_study_slot(session: Session, tenant_id: str, max_active_studies: int) -> None:
+    # Under the tenant's row lock that open_submission took: two submissions at once count
+    # one after the other.
+    active = session.exec(
+        select(func.count())
+        .select_from(Study)
+        .where(Study.tenant_id == tenant_id, col(Study.status).in_(ACTIVE_STUDY_STATUSES))
+    ).one()
+    if active >= max_active_studies:
+        session.rollback()
+        raise TooManyStudies(
+            f"you have {active} queued or running studies and the limit is "
+            f"{max_active_studies}; wait for one to end or cancel one",
+            headers={"Retry-After": str(STUDY_SLOT_RETRY_SECONDS)},
+            active_studies=active,
+            limit=max_active_studies,
+        )
 
 
 def _trial_name(study: Study, number: int, confirms: int | None) -> str:
@@ -170,6 +195,36 @@ def finish_study(session: Session, study: Study, error: dict[str, str] | None) -
         return False
     _as_stored(study, status=status, error=error, finished_at=finished_at)
     return True
+
+
+def count_scheduling_failure(session: Session, study: Study) -> int | None:
+    """Adds one to the study's failed scheduler passes in a row, in its own transaction; the
+    count, or None when the study ended meanwhile (nothing is written then)."""
+    counted = session.execute(
+        update(Study)
+        .where(col(Study.id) == study.id, col(Study.status).in_(ACTIVE_STUDY_STATUSES))
+        .values(scheduling_failures=col(Study.scheduling_failures) + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if not counted.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        return None
+    failures = session.exec(select(Study.scheduling_failures).where(Study.id == study.id)).one()
+    session.commit()
+    _as_stored(study, scheduling_failures=failures)
+    return failures
+
+
+def clear_scheduling_failures(session: Session, study: Study) -> None:
+    """A pass over the study succeeded: its failures are no longer in a row."""
+    session.execute(
+        update(Study)
+        .where(col(Study.id) == study.id)
+        .values(scheduling_failures=0)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    _as_stored(study, scheduling_failures=0)
 
 
 def cancel_study(session: Session, study: Study) -> Study:

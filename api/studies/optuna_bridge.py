@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -116,15 +117,20 @@ def decoded(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _trial_seed(seed: int, number: int) -> int:
-    # One seed per trial number: the sampler is rebuilt for every trial, and the same study
-    # seed must still give a different, repeatable draw each time.
-    return (seed * 1_000_003 + number) % 2**31
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of the sampler that draws trial `number`, in 0..2**31 - 1.
+
+    The sampler is rebuilt for every trial, and the same study seed must still give a
+    different, repeatable draw each time. Consecutive integers would seed the samplers'
+    generators with related states, and one study's trial seeds would be another's shifted
+    by one; SeedSequence mixes the study's seed and the number into unrelated ones."""
+    (state,) = np.random.SeedSequence([seed, number]).generate_state(1)
+    return int(state) >> 1
 
 
 def make_sampler(spec: StudySpec, number: int) -> BaseSampler:
     sampler = spec.sampler
-    seed = _trial_seed(sampler.seed, number)
+    seed = trial_seed(sampler.seed, number)
     if sampler.name == "grid":
         grid = {path: grid_values(d) for path, d in spec.space.items()}
         # The grid's order is shuffled by the seed: it must be the study's, the same for

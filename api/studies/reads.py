@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from optuna.trial import TrialState as OptunaState
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from api.core.models import EpochMetricRow, Job, JobStatus, Study, StudyStatus, TrialRow, as_utc
 from api.jobs.reads import newest_first
@@ -292,6 +292,18 @@ def active_studies(session: Session) -> list[Study]:
             .order_by(col(Study.id))
         )
     )
+
+
+def tenant_active_jobs(session: Session, tenant_id: str) -> int:
+    """The tenant's queued and running jobs, trials and others: what its concurrent-job
+    limit counts."""
+    return session.exec(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.tenant_id == tenant_id, col(Job.status).in_([JobStatus.queued, JobStatus.running])
+        )
+    ).one()
 
 
 def active_trial_jobs(session: Session, study_id: str) -> list[Job]:

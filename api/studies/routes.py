@@ -44,7 +44,9 @@ def submit_study(
     """Validate a study, store it, and start scheduling its trials."""
     body_hash = request_hash(spec.model_dump(mode="json"))
     stored = admit_study(spec, settings)
-    study, created = create_study(session, tenant.id, stored, idempotency_key, body_hash)
+    study, created = create_study(
+        session, tenant.id, stored, idempotency_key, body_hash, settings.max_active_studies
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     else:

@@ -13,13 +13,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from api.core.dispatch import Dispatcher
 from api.core.loops import LeasedLoop
 from api.core.models import Study
 from api.jobs.ledger import dispatch
-from api.studies.ledger import add_infeasible_trial, add_trial_job, finish_study, save_importances
+from api.studies.ledger import (
+    add_infeasible_trial,
+    add_trial_job,
+    clear_scheduling_failures,
+    count_scheduling_failure,
+    finish_study,
+    save_importances,
+)
 from api.studies.optuna_bridge import ask, importances, infeasible_attrs
 from api.studies.reads import (
     TrialView,
@@ -28,11 +37,13 @@ from api.studies.reads import (
     optuna_records,
     ranked_search_trials,
     study_trials,
+    tenant_active_jobs,
 )
 from api.studies.schemas import TrialState
 from api.web.errors import TooManyJobs
 from shared.analysis import Analysis
 from shared.checks import SpecRejected
+from shared.layers import MAX_INT32
 from shared.settings import Settings
 from shared.study_checks import admit_trial, constraint_violations, describe_problems, grid_size
 from shared.study_spec import StudySpec
@@ -40,6 +51,11 @@ from shared.study_spec import StudySpec
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "study-scheduler"
+# A study on which this many scheduler passes in a row fail ends, failed, with the last
+# error: a study that cannot be scheduled must not be retried every second forever.
+FAILED_PASSES_TO_END = 3
+# Errors of the database itself, not of the study being scheduled: they fail no study.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 @dataclass
@@ -68,18 +84,33 @@ def advance(session: Session, study: Study, dispatcher: Dispatcher, settings: Se
     """One pass over a running study: new trials into free slots, confirmation runs once the
     search is done, importances when more trials finished, and the end when all are done."""
     spec = study.parsed_spec()
+    size = grid_size(spec)
+    if size is not None and size > settings.max_grid_points:
+        # Stored before the limit was set, or under a higher one: the grid is never listed.
+        message = (
+            f"a grid of {size:,} points; this service runs at most {settings.max_grid_points:,}"
+        )
+        finish_study(session, study, {"type": "grid_too_large", "message": message})
+        return
     context = StudyContext(session, study, spec, dispatcher, settings)
     target = search_target(spec)
     views = study_trials(session, study)
     search = [view for view in views if view.is_search]
     active = sum(view.active for view in views)
+    # Counted before the sampler is asked: a study waiting for the tenant's slots costs one
+    # count a pass, not a sampling thrown away when its trial cannot be queued.
+    free_slots = settings.max_concurrent_jobs - tenant_active_jobs(session, study.tenant_id)
     waiting_for_slots = False
     try:
         while active < spec.max_parallel_trials and len(search) < target:
+            if free_slots <= 0:
+                waiting_for_slots = True
+                break
             view = _next_search_trial(context, search)
             if view is None:
                 return  # the study ended, or another scheduler took the number
             active += view.active
+            free_slots -= view.active
             search.append(view)
             views.append(view)
         if len(search) >= target and not any(v.active for v in search):
@@ -150,7 +181,7 @@ def _next_search_trial(context: StudyContext, search: list[TrialView]) -> TrialV
 
 def _queue_confirmations(context: StudyContext, views: list[TrialView], active: int) -> int:
     """Re-runs the top configurations with new seeds, as slots allow; returns how many it
-    queued. The seeds follow the trial's own: seed + 1, seed + 2, ..."""
+    queued. The seeds follow the trial's own (see `confirmation_seed`)."""
     session, study, spec = context.session, context.study, context.spec
     if spec.confirm is None:
         return 0
@@ -163,7 +194,9 @@ def _queue_confirmations(context: StudyContext, views: list[TrialView], active: 
             if active + queued >= spec.max_parallel_trials:
                 return queued
             job_spec, analysis = admit_trial(
-                context.base, {**top.row.params, "seed": seed + run + 1}, context.settings
+                context.base,
+                {**top.row.params, "seed": confirmation_seed(seed, run)},
+                context.settings,
             )
             stored = add_trial_job(
                 session,
@@ -183,6 +216,13 @@ def _queue_confirmations(context: StudyContext, views: list[TrialView], active: 
             next_number += 1
             queued += 1
     return queued
+
+
+def confirmation_seed(seed: int, run: int) -> int:
+    """The seed of a trial's confirmation run `run`: the trial's own seed + 1, + 2, ...,
+    wrapping round past the largest seed a spec admits (a trial seeded near it would
+    otherwise ask for a seed no spec admits, on every pass)."""
+    return (seed + run + 1) % (MAX_INT32 + 1)
 
 
 def _all_done(spec: StudySpec, views: list[TrialView], target: int) -> bool:
@@ -236,7 +276,28 @@ class StudyScheduler(LeasedLoop):
                     break
                 try:
                     advance(session, study, self.dispatcher, self.settings)
-                except Exception:  # noqa: BLE001 - one broken study must not stop the rest
+                except DATABASE_UNAVAILABLE:
+                    session.rollback()
+                    log.exception("study %s: scheduling failed on the database", study.id)
+                except Exception as error:  # noqa: BLE001 - one broken study must not stop the rest
                     session.rollback()
                     log.exception("study %s: scheduling failed", study.id)
+                    _count_failure(session, study, error)
+                else:
+                    if study.scheduling_failures:
+                        clear_scheduling_failures(session, study)
         return True
+
+
+def _count_failure(session: Session, study: Study, error: Exception) -> None:
+    """Counts a failed pass over the study; the last of FAILED_PASSES_TO_END in a row ends it,
+    failed, unless it ended otherwise meanwhile (finish_study never overturns a cancel)."""
+    failures = count_scheduling_failure(session, study)
+    if failures is None or failures < FAILED_PASSES_TO_END:
+        return
+    message = (
+        f"the scheduler failed on this study {failures} times in a row, the last time with "
+        f"{type(error).__name__}: {error}"
+    )
+    if finish_study(session, study, {"type": "scheduling_failed", "message": message[:1000]}):
+        log.warning("study %s failed: %s", study.id, message)

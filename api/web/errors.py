@@ -80,6 +80,10 @@ class TooManyJobs(TunelabError):
     status, code, title = 429, "too-many-jobs", "Too many queued and running jobs"
 
 
+class TooManyStudies(TunelabError):
+    status, code, title = 429, "too-many-studies", "Too many queued and running studies"
+
+
 class BodyIncomplete(TunelabError):
     status, code, title = 400, "body-incomplete", "Request body does not match its Content-Length"
 
