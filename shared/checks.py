@@ -7,7 +7,7 @@ from shared.analysis import Analysis, ArchitectureError, analyze
 from shared.layers import ConvLayer, Layer, LinearLayer
 from shared.presets import DEFAULT_PRESET, PRESETS
 from shared.settings import Settings
-from shared.spec import MNIST_CLASSES, JobSpec, ModelSpec, MultiStepSchedule
+from shared.spec import MNIST_CLASSES, MNIST_TRAIN_IMAGES, JobSpec, ModelSpec, MultiStepSchedule
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,20 @@ def _schedule_problems(spec: JobSpec) -> list[Problem]:
             Problem(("schedule", "warmup_epochs"), f"must be below epochs ({spec.epochs})")
         )
     return problems
+
+
+def _data_problems(spec: JobSpec) -> list[Problem]:
+    data = spec.data
+    left = MNIST_TRAIN_IMAGES - data.validation
+    if data.train_subset is not None and data.train_subset > left:
+        return [
+            Problem(
+                ("data", "train_subset"),
+                f"at most {left}: data.validation holds {data.validation} of the "
+                f"{MNIST_TRAIN_IMAGES} training images out, and the subset is taken from the rest",
+            )
+        ]
+    return []
 
 
 def _limit_problems(spec: JobSpec, settings: Settings) -> list[Problem]:
@@ -174,7 +188,9 @@ def estimated_multiply_adds(spec: JobSpec, analysis: Analysis) -> int:
     if spec.kind == "lr_range_test":
         images = spec.lr_range_test.steps * spec.batch_size_for_epoch(0)
         return analysis.multiply_adds * TRAINING_PASSES * images
-    per_epoch = spec.train_images() * TRAINING_PASSES + spec.test_images()
+    # Training passes over the images trained on, one forward pass over those validated on.
+    data = spec.data
+    per_epoch = data.train_images() * TRAINING_PASSES + data.validation + spec.test_images()
     return analysis.multiply_adds * per_epoch * spec.epochs
 
 
@@ -201,7 +217,7 @@ def check_spec(spec: JobSpec, settings: Settings) -> Analysis:
     """
     if spec.model.layers is None:
         raise SpecRejected([Problem(("model", "layers"), "a stored spec carries its layers")])
-    problems = _schedule_problems(spec) + _limit_problems(spec, settings)
+    problems = _schedule_problems(spec) + _data_problems(spec) + _limit_problems(spec, settings)
     try:
         analysis = check_model(spec.model.layers, settings)
     except SpecRejected as rejected:

@@ -50,6 +50,10 @@ class DataSpec(StrictModel):
     validation: int = Field(default=0, ge=0, le=MNIST_TRAIN_IMAGES - 2)
     validation_seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
+    def train_images(self) -> int:
+        """How many images the job trains on: what `validation` leaves, or the subset."""
+        return self.train_subset or MNIST_TRAIN_IMAGES - self.validation
+
 
 # A label to find jobs by (`GET /v1/jobs?tag=`): short, no spaces, no punctuation that
 # would need quoting in a URL or a shell.
