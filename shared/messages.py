@@ -23,6 +23,18 @@ class EpochMetrics(Message):
     train_accuracy: float = Field(ge=0.0, le=1.0)
     test_loss: float
     test_accuracy: float = Field(ge=0.0, le=1.0)
+    val_loss: float | None = Field(
+        default=None,
+        description="On the training images the job holds out (data.validation); null when "
+        "it holds none out",
+    )
+    val_accuracy: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="On the training images the job holds out (data.validation); null when "
+        "it holds none out",
+    )
     # The lr and batch size the epoch started with.
     lr: float
     batch_size: int = Field(ge=1, le=MAX_INT32)
@@ -37,6 +49,7 @@ class CheckpointRecord(Message):
     path: str = Field(min_length=1, max_length=500)
     epoch: int = Field(ge=0, le=MAX_INT32)
     test_accuracy: float | None = None
+    val_accuracy: float | None = None
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0, le=MAX_INT32)
 
@@ -118,8 +131,21 @@ class LrRangeResult(Message):
     diverged_at_lr: float | None
 
 
+class DataSplit(Message):
+    """Which images of the training file a job trained on and which it held out to validate
+    on: how many, and the SHA-256 of their indices (ascending, each 8 bytes little-endian), so
+    that two jobs' splits can be compared, and a split checked against the files."""
+
+    train_images: int = Field(ge=0, le=MAX_INT32)
+    validation_images: int = Field(ge=0, le=MAX_INT32)
+    train_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    validation_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class JobResult(Message):
     lr_range_test: LrRangeResult | None = None
+    # What a training job trained and validated on.
+    split: DataSplit | None = None
 
 
 class FinishReport(AttemptPost):

@@ -81,8 +81,12 @@ class Job(SQLModel, table=True):
     worker: str | None = Field(default=None, max_length=200)
     lease_token: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    # The best epoch: of the highest validation accuracy when the job holds images out to
+    # validate on, else of the highest test accuracy (the first to reach it). Its test
+    # accuracy, and its validation accuracy (None without validation).
     best_epoch: int | None = None
     best_test_accuracy: float | None = None
+    best_val_accuracy: float | None = None
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # What a job produces beyond metrics and checkpoints, e.g. an LR range test's curve.
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
@@ -145,6 +149,9 @@ class EpochMetricRow(SQLModel, table=True):
     train_accuracy: float
     test_loss: float
     test_accuracy: float
+    # On the held-out training images; None when the job holds none out.
+    val_loss: float | None = None
+    val_accuracy: float | None = None
     lr: float
     batch_size: int
     epoch_seconds: float
@@ -160,6 +167,7 @@ class CheckpointRow(SQLModel, table=True):
     epoch: int
     attempt: int
     test_accuracy: float | None = None
+    val_accuracy: float | None = None
     sha256: str = Field(max_length=64)
     bytes: int
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

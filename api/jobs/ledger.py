@@ -392,6 +392,17 @@ def require_own_path(job_id: str, checkpoint: CheckpointRecord) -> None:
         raise CheckpointRefused(f"checkpoint path must be {job_id}/{checkpoint.name}")
 
 
+def _beats_best(job: Job, metrics: EpochMetrics) -> bool:
+    """Whether the epoch becomes the job's best: by validation accuracy when the job holds
+    images out to validate on, never then by test; else by test accuracy. The first epoch
+    to reach the highest stays the best."""
+    if job.best_epoch is None:
+        return True
+    if metrics.val_accuracy is not None:
+        return job.best_val_accuracy is None or metrics.val_accuracy > job.best_val_accuracy
+    return job.best_test_accuracy is None or metrics.test_accuracy > job.best_test_accuracy
+
+
 def record_epoch(
     session: Session,
     job: Job,
@@ -416,8 +427,9 @@ def record_epoch(
             row.sqlmodel_update({"attempt": attempt, **checkpoint.model_dump()})
             session.add(row)
     job.epochs_completed = max(job.epochs_completed, metrics.epoch + 1)
-    if job.best_test_accuracy is None or metrics.test_accuracy > job.best_test_accuracy:
+    if _beats_best(job, metrics):
         job.best_epoch, job.best_test_accuracy = metrics.epoch, metrics.test_accuracy
+        job.best_val_accuracy = metrics.val_accuracy
     session.add(job)
     return new
 

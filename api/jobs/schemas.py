@@ -54,8 +54,19 @@ class Summary(BaseModel):
 
 
 class BestEpoch(BaseModel):
+    """The job's best epoch so far: the one of the highest `val_accuracy` when the job holds
+    training images out to validate on (`data.validation`), chosen without looking at the test
+    set; otherwise the one of the highest `test_accuracy`. The first epoch to reach the
+    highest stays the best."""
+
     epoch: int
-    test_accuracy: float
+    test_accuracy: float = Field(
+        description="The best epoch's test accuracy: with validation, not necessarily the "
+        "highest the job reached"
+    )
+    val_accuracy: float | None = Field(
+        default=None, description="The best epoch's validation accuracy; null without validation"
+    )
 
 
 class CheckpointPublic(BaseModel):
@@ -63,6 +74,9 @@ class CheckpointPublic(BaseModel):
     path: str = Field(description="Relative to the artifact dir")
     epoch: int
     test_accuracy: float | None
+    val_accuracy: float | None = Field(
+        default=None, description="Of its epoch, on the held-out training images; null without"
+    )
     sha256: str
     bytes: int
     created_at: datetime
@@ -76,6 +90,7 @@ class CheckpointPublic(BaseModel):
             path=row.path,
             epoch=row.epoch,
             test_accuracy=row.test_accuracy,
+            val_accuracy=row.val_accuracy,
             sha256=row.sha256,
             bytes=row.bytes,
             created_at=as_utc(row.created_at),
@@ -123,11 +138,15 @@ class JobPublic(BaseModel):
     progress: Progress
     analysis: Summary
     latest_metrics: EpochMetrics | None
-    best: BestEpoch | None
+    best: BestEpoch | None = Field(
+        description="The best epoch: by validation accuracy when the job validates, else by "
+        "test accuracy"
+    )
     checkpoints: list[CheckpointPublic]
     error: JobError | None
     result: JobResult | None = Field(
-        description="What the job produced beyond metrics, e.g. an LR range test's curve"
+        description="What the job produced beyond metrics: an LR range test's curve, or which "
+        "images a training job trained and validated on (`split`)"
     )
     study_id: str | None = Field(default=None, description="The study this job is a trial of")
     trial: int | None = Field(default=None, description="Its trial's number in the study")
@@ -145,7 +164,11 @@ class JobPublic(BaseModel):
     ) -> "JobPublic":
         best = None
         if job.best_epoch is not None and job.best_test_accuracy is not None:
-            best = BestEpoch(epoch=job.best_epoch, test_accuracy=job.best_test_accuracy)
+            best = BestEpoch(
+                epoch=job.best_epoch,
+                test_accuracy=job.best_test_accuracy,
+                val_accuracy=job.best_val_accuracy,
+            )
         return cls(
             id=job.id,
             name=job.name,

@@ -209,4 +209,4 @@ class TestJobResult:
         )
         assert response.status_code == 200
         fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
-        assert fetched["result"] == {"lr_range_test": curve}
+        assert fetched["result"] == {"lr_range_test": curve, "split": None}

@@ -182,7 +182,7 @@ class TestMetrics:
         assert [row["epoch"] for row in later] == [1]
         fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
         assert fetched["latest_metrics"]["epoch"] == 1
-        assert fetched["best"] == {"epoch": 1, "test_accuracy": 0.6}
+        assert fetched["best"] == {"epoch": 1, "test_accuracy": 0.6, "val_accuracy": None}
         assert fetched["progress"]["epochs_completed"] == 2
 
     def test_another_tenants_metrics_are_404(self, client, keys: TenantKeys):
