@@ -28,7 +28,7 @@ from api.web.error_handlers import install_error_handlers
 from api.web.limits import BodySizeLimit, NulInUrl
 from api.web.problem_docs import document_problems
 from api.web.schema_limits import document_limits
-from api.web.sse import document_event_data
+from api.web.sse import StreamSlots, document_event_data
 from api.workers import routes as internal
 from api.workers.uploads import remove_abandoned_uploads
 from shared.messages import BatchProgress
@@ -80,6 +80,7 @@ def create_app(
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
     app.state.rate_limiter = rate_limiter or make_rate_limiter(settings)
     app.state.store = store or store_from_settings(settings)
+    app.state.stream_slots = StreamSlots()
     app.add_middleware(NulInUrl)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_request_bytes, own_limits=internal.OWN_BODY_LIMITS

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     max_checkpoint_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=2**31 - 1)
     # Queued plus running jobs one tenant may have; one more is refused (429).
     max_concurrent_jobs: int = Field(default=8, ge=1)
+    # Event streams one tenant may hold open at once, counted in each API process (a stream
+    # is served by one process, which polls the database for it every second); one more is
+    # refused (429).
+    max_streams_per_tenant: int = Field(default=8, ge=1)
     # Requests one API key may make to the /v1 routes in any minute, a moving window (429
     # beyond).
     requests_per_minute: int = Field(default=600, ge=1)

@@ -19,7 +19,7 @@ from api.jobs.live_progress import LiveProgress
 from api.jobs.reads import metrics_after
 from api.jobs.schemas import metrics_of
 from api.web.sse import frame
-from shared.messages import BatchProgress, JobError
+from shared.messages import MAX_INT32, BatchProgress, JobError
 
 EVENT_TYPES = {
     "status": "first on connecting, then on every change (queued, running, and the status "
@@ -49,12 +49,21 @@ class JobStream:
     @classmethod
     def resuming(cls, last_event_id: str | None) -> "JobStream":
         """Picks up after the event a reconnecting client saw last; an id this service did
-        not send starts from the beginning."""
+        not send starts from the beginning.
+
+        A malformed id is ignored rather than refused: the client that sends one back is an
+        EventSource reconnecting on its own, which cannot act on a 422, only retry it. The
+        epoch is bounded as `since_epoch` is (-1 to 2**31 - 1): a larger one is no id of ours
+        and would not fit the database's integer (an OverflowError mid-stream).
+        """
         epoch, _, _ = (last_event_id or "").partition(".")
         try:
-            return cls(last_epoch=max(-1, int(epoch)))
+            last_epoch = int(epoch)
         except ValueError:
             return cls()
+        if not -1 <= last_epoch <= MAX_INT32:
+            return cls()
+        return cls(last_epoch=last_epoch)
 
     def frame(self, event: str, data: BaseModel) -> str:
         self.sequence += 1

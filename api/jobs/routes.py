@@ -31,7 +31,7 @@ from api.jobs.schemas import (
 )
 from api.web.errors import CheckpointNotFound
 from api.web.problem_docs import problem_responses
-from api.web.sse import event_stream_response, polled_stream
+from api.web.sse import event_stream, event_stream_response
 from shared.checks import admit
 from shared.job_states import JobOrder
 from shared.messages import MAX_INT32
@@ -153,12 +153,13 @@ async def stream_events(
     metrics, until it ends."""
     engine, job_id = request.app.state.engine, job.id
     stream = JobStream.resuming(last_event_id)
-    events = polled_stream(
+    return event_stream(
         request,
+        job.tenant_id,
         lambda: job_events_since(engine, job_id, stream),
         settings.events_keepalive_seconds,
+        settings.max_streams_per_tenant,
     )
-    return StreamingResponse(events, media_type="text/event-stream")
 
 
 @router.post(

@@ -1,6 +1,11 @@
 """A study's Server-Sent Events, found by comparing what the ledger says now with what the
 stream last sent: a trial queued, started, its epochs, pruned, finished; then the study's
-end."""
+end.
+
+Each poll reads only what may have changed: the trials not yet settled (ended, and told),
+their jobs, and the metrics rows written since the last poll. A stream of a study of many
+trials and epochs costs no more each second than one of a few.
+"""
 
 import json
 from dataclasses import dataclass, field
@@ -10,23 +15,48 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from api.core.models import Study, StudyStatus
-from api.studies.reads import study_trials, trial_public
+from api.core.models import EpochMetricRow, Study, StudyStatus
+from api.studies.reads import (
+    TrialView,
+    metrics_after,
+    new_trial_view,
+    trial_public,
+    unsettled_trials,
+)
 from api.studies.schemas import TrialState
 from api.web.sse import frame
+from shared.study_spec import Objective
 
 
 @dataclass
 class StreamState:
-    """What the stream has told the client so far, per trial number."""
+    """What the stream has told the client so far, per trial number, and what it has read of
+    the metrics of trials still going on."""
 
     states: dict[int, TrialState] = field(default_factory=dict)
     epochs: dict[int, int] = field(default_factory=dict)
     sequence: int = 0
+    # Trials that ended and were told: never read again.
+    settled: set[int] = field(default_factory=set)
+    # The objective's metric by epoch of each unsettled trial's job, as far as it was read.
+    metrics: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def frame(self, event: str, data: object) -> str:
         self.sequence += 1
         return frame(event, json.dumps(data, default=str), str(self.sequence))
+
+    def last_epochs(self, job_ids: list[str]) -> dict[str, int]:
+        return {job_id: max(self.metrics.get(job_id, {}), default=-1) for job_id in job_ids}
+
+    def take_metrics(self, rows: list[EpochMetricRow], objective: Objective) -> None:
+        for row in rows:
+            value = float(getattr(row, objective.metric))
+            self.metrics.setdefault(row.job_id, {})[row.epoch] = value
+
+    def settle(self, view: TrialView) -> None:
+        self.settled.add(view.number)
+        if view.job is not None:
+            self.metrics.pop(view.job.id, None)
 
 
 EVENT_TYPES = {
@@ -75,8 +105,15 @@ def study_events_since(engine: Engine, study_id: str, sent: StreamState) -> tupl
         if study is None:
             return [sent.frame("status", StudyStatusEvent(status="unknown").model_dump())], True
         objective = study.parsed_spec().objective
+        # Jobs before their metrics: a job read as ended has all its rows in by then.
+        trials = unsettled_trials(session, study_id, sent.settled)
+        jobs = [job.id for _, job in trials if job is not None]
+        sent.take_metrics(metrics_after(session, sent.last_epochs(jobs)), objective)
         frames = []
-        for view in study_trials(session, study):
+        for row, job in trials:
+            view = new_trial_view(row, job)
+            if job is not None:
+                view.metric_by_epoch = sent.metrics.get(job.id, {})
             trial = trial_public(view, objective)
             before = sent.states.get(trial.number)
             if trial.epochs_completed > sent.epochs.get(trial.number, 0):
@@ -86,6 +123,8 @@ def study_events_since(engine: Engine, study_id: str, sent: StreamState) -> tupl
             if event is not None:
                 frames.append(sent.frame(event, trial.model_dump(mode="json")))
                 sent.states[trial.number] = trial.state
+            if not view.active:
+                sent.settle(view)
         ended = StudyStatus(study.status).finished
         if ended:
             status = StudyStatusEvent(status=StudyStatus(study.status))

@@ -5,10 +5,11 @@ trials it has; a page of studies costs the same three plus one."""
 
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from optuna.trial import TrialState as OptunaState
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, func, select
 
 from api.core.models import EpochMetricRow, Job, JobStatus, Study, StudyStatus, TrialRow, as_utc
@@ -127,6 +128,41 @@ def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[Tr
 
 def study_trials(session: Session, study: Study) -> list[TrialView]:
     return trial_views(session, [study])[study.id]
+
+
+def unsettled_trials(
+    session: Session, study_id: str, settled: Collection[int]
+) -> list[tuple[TrialRow, Job | None]]:
+    """The study's trials but those numbered in `settled` (ended, and already told), with
+    their jobs, in trial order: what an event stream has yet to look at."""
+    query = select(TrialRow).where(TrialRow.study_id == study_id)
+    if settled:
+        query = query.where(col(TrialRow.number).not_in(list(settled)))
+    rows = list(session.exec(query.order_by(col(TrialRow.number))))
+    job_ids = [row.job_id for row in rows if row.job_id]
+    jobs = {}
+    if job_ids:
+        jobs = {job.id: job for job in session.exec(select(Job).where(col(Job.id).in_(job_ids)))}
+    return [(row, jobs.get(row.job_id) if row.job_id else None) for row in rows]
+
+
+def metrics_after(session: Session, last_epochs: Mapping[str, int]) -> list[EpochMetricRow]:
+    """The rows of these jobs after the last epoch a reader has of each, by job and epoch.
+    A row is written once per job and epoch (a resumed attempt's repeat of an epoch changes
+    nothing), so these are all a reader has not seen."""
+    if not last_epochs:
+        return []
+    unread = [
+        and_(col(EpochMetricRow.job_id) == job_id, col(EpochMetricRow.epoch) > epoch)
+        for job_id, epoch in last_epochs.items()
+    ]
+    return list(
+        session.exec(
+            select(EpochMetricRow)
+            .where(or_(*unread))
+            .order_by(col(EpochMetricRow.job_id), col(EpochMetricRow.epoch))
+        )
+    )
 
 
 def optuna_records(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialRecord]:

@@ -15,7 +15,7 @@ from api.studies.ledger import cancel_study, create_study
 from api.studies.reads import leaderboard, studies_page, study_trials, study_view
 from api.studies.schemas import StudyList, StudyPublic, TrialList
 from api.web.problem_docs import problem_responses
-from api.web.sse import event_stream_response, polled_stream
+from api.web.sse import event_stream, event_stream_response
 from shared.study_checks import admit_study
 from shared.study_spec import StudySpec
 
@@ -95,12 +95,13 @@ async def stream_study_events(
     """Server-Sent Events: each trial queued, started, its epochs, pruned or finished, then
     the study's end."""
     engine, study_id, sent = request.app.state.engine, study.id, StreamState()
-    events = polled_stream(
+    return event_stream(
         request,
+        study.tenant_id,
         lambda: study_events_since(engine, study_id, sent),
         settings.events_keepalive_seconds,
+        settings.max_streams_per_tenant,
     )
-    return StreamingResponse(events, media_type="text/event-stream")
 
 
 @router.post(

@@ -84,6 +84,10 @@ class TooManyStudies(TunelabError):
     status, code, title = 429, "too-many-studies", "Too many queued and running studies"
 
 
+class TooManyStreams(TunelabError):
+    status, code, title = 429, "too-many-streams", "Too many open event streams"
+
+
 class BodyIncomplete(TunelabError):
     status, code, title = 400, "body-incomplete", "Request body does not match its Content-Length"
 

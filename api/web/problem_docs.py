@@ -37,7 +37,7 @@ PROBLEM_DESCRIPTIONS = {
     409: "Conflicts with the resource's state",
     413: "The request body is too large",
     422: "The request is not valid; `errors` names each bad field and what is allowed",
-    429: "Too many requests or jobs; retry after `Retry-After` seconds",
+    429: "Too many requests, jobs, studies or open streams; retry after `Retry-After` seconds",
     503: "A service the API relies on is unavailable; retry later",
 }
 PROBLEM_HEADERS: dict[int, dict[str, Any]] = {

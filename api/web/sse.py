@@ -9,18 +9,28 @@ per event that generated clients read (api-v1 fixes that document). Its keep-ali
 """
 
 import asyncio
+import threading
 import time
+import weakref
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+from api.web.errors import TooManyStreams
 
 POLL_SECONDS = 1.0
 KEEPALIVE = ": keep-alive\n\n"
 # How long a client waits before reconnecting after the stream drops.
 RECONNECT = "retry: 2000\n\n"
+# How long a client refused a stream waits before asking again (streams end with their job
+# or study, or when a client goes away).
+STREAM_RETRY_SECONDS = 5
 
 Poll = Callable[[], tuple[list[str], bool]]
 
@@ -50,6 +60,79 @@ async def polled_stream(
             quiet_since = now
         if not ended:
             await asyncio.sleep(min(POLL_SECONDS, keepalive_seconds))
+
+
+class StreamSlots:
+    """The event streams each tenant holds open in this process.
+
+    Counted per process, not in the database: a stream is served by the process it reached,
+    which polls the database for it every second for as long as it stays open, so what one
+    process can bear is what is limited. Behind N API processes a tenant may hold N times
+    the limit.
+    """
+
+    def __init__(self) -> None:
+        self._open: Counter[str] = Counter()
+        # Slots are taken on the event loop but may be given back by a finalizer, elsewhere.
+        self._lock = threading.Lock()
+
+    def take(self, tenant_id: str, limit: int) -> Callable[[], None]:
+        """A slot for one more of the tenant's streams, or TooManyStreams; returns the call
+        that gives it back (a second call does nothing)."""
+        with self._lock:
+            held = self._open[tenant_id]
+            if held >= limit:
+                raise TooManyStreams(
+                    f"you have {held} event streams open and the limit is {limit}; close one, "
+                    "or poll the resource instead",
+                    headers={"Retry-After": str(STREAM_RETRY_SECONDS)},
+                    open_streams=held,
+                    limit=limit,
+                )
+            self._open[tenant_id] += 1
+        given_back = threading.Event()
+
+        def give_back() -> None:
+            with self._lock:
+                if given_back.is_set():
+                    return
+                given_back.set()
+                self._open[tenant_id] -= 1
+                if not self._open[tenant_id]:
+                    del self._open[tenant_id]
+
+        return give_back
+
+    def held(self, tenant_id: str) -> int:
+        with self._lock:
+            return self._open[tenant_id]
+
+
+class EventStreamResponse(StreamingResponse):
+    """A `text/event-stream` that gives its slot back however it ends: the stream finished,
+    the client went away, the server cut it, or it was never sent at all."""
+
+    def __init__(self, content: AsyncIterator[str], give_back: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self._give_back = give_back
+        # A response that is never called (an error on the way out) still gives it back.
+        weakref.finalize(self, give_back)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._give_back()
+
+
+def event_stream(
+    request: Request, tenant_id: str, poll: Poll, keepalive_seconds: float, limit: int
+) -> EventStreamResponse:
+    """The response that streams `poll`'s frames, in one of the tenant's stream slots of this
+    process (TooManyStreams, a 429, when it holds `limit` already)."""
+    slots: StreamSlots = request.app.state.stream_slots
+    give_back = slots.take(tenant_id, limit)
+    return EventStreamResponse(polled_stream(request, poll, keepalive_seconds), give_back)
 
 
 def event_stream_response(description: str, events: Mapping[str, str]) -> dict[int | str, Any]:
