@@ -132,7 +132,10 @@ def _train_and_report(
             if newest is not None:
                 log.info("job %s: resuming from %s", job_id, newest[0].name)
             resume = newest[1] if newest is not None else None
-            train(claim.spec, data, reporter, checkpointing, hardware=hardware, resume=resume)
+            trained = train(
+                claim.spec, data, reporter, checkpointing, hardware=hardware, resume=resume
+            )
+            result = JobResult(split=trained.split)
     except TrainingHandedBack as handed_back:
         log.info(
             "job %s: attempt %d handed back with %d epochs done (worker shutting down)",

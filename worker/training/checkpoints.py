@@ -65,7 +65,13 @@ class Checkpointing:
         """Removes the job's folder and every checkpoint in it."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def write(self, epoch: int, state: dict[str, Any], test_accuracy: float) -> CheckpointRecord:
+    def write(
+        self,
+        epoch: int,
+        state: dict[str, Any],
+        test_accuracy: float,
+        val_accuracy: float | None = None,
+    ) -> CheckpointRecord:
         name = f"epoch-{epoch:03d}.pt"
         relative = f"{self.job_id}/{name}"
         final_path = self.artifact_root / relative
@@ -85,6 +91,7 @@ class Checkpointing:
             path=relative,
             epoch=epoch,
             test_accuracy=test_accuracy,
+            val_accuracy=val_accuracy,
             sha256=hashlib.sha256(payload).hexdigest(),
             bytes=len(payload),
         )

@@ -27,6 +27,11 @@ class Split:
             return self
         return Split(self.images[:count], self.labels[:count])
 
+    def take(self, indices: torch.Tensor) -> "Split":
+        """The images at `indices` (int64, on any device), in that order."""
+        indices = indices.to(self.labels.device)
+        return Split(self.images[indices], self.labels[indices])
+
 
 @dataclass(frozen=True)
 class MnistTensors:

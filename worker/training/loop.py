@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from shared.messages import BatchProgress, CheckpointRecord, EpochMetrics
+from shared.messages import BatchProgress, CheckpointRecord, DataSplit, EpochMetrics
 from shared.spec import JobSpec
 from worker.training.augment import BatchAugmenter
 from worker.training.checkpoints import Checkpointing
@@ -27,6 +27,7 @@ from worker.training.model import build_for_training
 from worker.training.optimizers import build_optimizer
 from worker.training.progress import EVALUATION_SHARE, ProgressMeter, images_per_epoch
 from worker.training.schedules import LearningRateController, batches_per_epoch
+from worker.training.splits import split_training_images
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class TrainingHandedBack(Exception):
 class TrainingResult:
     epochs_completed: int
     final: EpochMetrics | None
+    # What it trained and validated on.
+    split: DataSplit | None = None
 
 
 def evaluate(
@@ -98,7 +101,10 @@ class Setup:
 
     shuffler: torch.Generator
     train_split: Split
+    # The training images held out (data.validation), or None when there are none.
+    validation_split: Split | None
     test_split: Split
+    split: DataSplit
     transform: InputTransform
     model: nn.Sequential
     optimizer: torch.optim.Optimizer
@@ -108,9 +114,13 @@ class Setup:
     def from_spec(cls, spec: JobSpec, data: MnistTensors, device: torch.device) -> "Setup":
         torch.manual_seed(spec.seed)
         model = build_for_training(spec, device)
+        # Drawn by its own generator: the job's seeded streams are the same with or without.
+        split = split_training_images(data.train.labels, spec.data)
         return cls(
             shuffler=torch.Generator(device="cpu").manual_seed(spec.seed),
-            train_split=data.train.first(spec.data.train_subset),
+            train_split=data.train.take(split.train),
+            validation_split=data.train.take(split.validation) if len(split.validation) else None,
+            split=split.record(),
             test_split=data.test.first(spec.data.test_subset),
             transform=InputTransform(spec.data.normalize, BatchAugmenter(spec.data.augment)),
             model=model,
@@ -156,6 +166,7 @@ def train(
     device = hardware.device
     setup = Setup.from_spec(spec, data, device)
     shuffler, train_split, test_split = setup.shuffler, setup.train_split, setup.test_split
+    validation_split = setup.validation_split
     transform, model, optimizer = setup.transform, setup.model, setup.optimizer
     loss_fn = setup.loss_fn
     lr_control = LearningRateController(optimizer, spec, len(train_split))
@@ -219,13 +230,22 @@ def train(
         test_loss, test_accuracy = evaluate(model, test_split, transform, hardware)
         if not math.isfinite(test_loss):
             raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch}")
-        lr_control.after_epoch(epoch, test_loss)
+        val_loss = val_accuracy = None
+        if validation_split is not None:
+            val_loss, val_accuracy = evaluate(model, validation_split, transform, hardware)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(f"the validation loss became {val_loss} after epoch {epoch}")
+        # A plateau schedule watches the validation loss when the job holds images out for
+        # it, so that the test set does not steer training; without, the test loss.
+        lr_control.after_epoch(epoch, test_loss if val_loss is None else val_loss)
         final = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
             train_accuracy=int(correct) / seen,
             test_loss=test_loss,
             test_accuracy=test_accuracy,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
             lr=epoch_lr,
             batch_size=batch_size,
             epoch_seconds=time.perf_counter() - started,
@@ -247,9 +267,10 @@ def train(
                     "metrics": final.model_dump(),
                 },
                 test_accuracy,
+                val_accuracy,
             )
         log.info("epoch %d: test accuracy %.4f, %.1f s", epoch, test_accuracy, final.epoch_seconds)
         reporter.epoch_finished(final, checkpoint)
         if reporter.handback_deadline() is not None and epoch + 1 < spec.epochs:
             raise TrainingHandedBack(epoch + 1)
-    return TrainingResult(epochs_completed=spec.epochs, final=final)
+    return TrainingResult(epochs_completed=spec.epochs, final=final, split=setup.split)

@@ -131,11 +131,13 @@ class LearningRateController:
         self.warmup = None
         self.scheduler = self._build_main(self.schedule.warmup_epochs)
 
-    def after_epoch(self, epoch: int, test_loss: float) -> None:
+    def after_epoch(self, epoch: int, monitored_loss: float) -> None:
+        """`monitored_loss` is what a plateau schedule watches: the validation loss when the
+        job has one."""
         if self.batchwise or self.scheduler is None or epoch < self.schedule.warmup_epochs:
             return
         if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(test_loss)
+            self.scheduler.step(monitored_loss)
         else:
             self.scheduler.step()
 

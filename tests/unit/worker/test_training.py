@@ -276,7 +276,7 @@ def lr_at_each_step(spec: JobSpec) -> list[list[float]]:
             lrs.append(controller.lr)
             optimizer.step()
             controller.after_batch()
-        controller.after_epoch(epoch, test_loss=1.0)
+        controller.after_epoch(epoch, monitored_loss=1.0)
         epochs.append(lrs)
     return epochs
 
