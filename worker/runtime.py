@@ -10,12 +10,17 @@ import torch
 from shared.settings import Settings
 from worker.mnist_files import ensure_mnist
 from worker.training.data import MnistTensors, load_mnist
+from worker.training.determinism import CUBLAS_WORKSPACE_CONFIG, DEFAULT_CUBLAS_WORKSPACE
 from worker.training.device import detect_hardware
 
 log = logging.getLogger(__name__)
 
 
 def configure_torch(settings: Settings) -> None:
+    # Before CUDA is first touched (below): any job this process takes may ask to train
+    # deterministically, and cuBLAS needs this from its first use for that (eight 4 MiB
+    # workspaces, 32 MiB of GPU memory in all). An operator's own setting stands.
+    os.environ.setdefault(CUBLAS_WORKSPACE_CONFIG, DEFAULT_CUBLAS_WORKSPACE)
     threads = settings.torch_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     # Only said here; each job detects its own hardware when it starts.

@@ -22,6 +22,7 @@ from shared.spec import JobSpec
 from worker.training.augment import BatchAugmenter
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import InputTransform, MnistTensors, Split
+from worker.training.determinism import deterministic_algorithms
 from worker.training.device import Hardware
 from worker.training.model import build_for_training
 from worker.training.optimizers import build_optimizer
@@ -162,7 +163,20 @@ def train(
     resume: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Trains `spec` from scratch, or from the checkpoint state `resume` onwards, on the
-    job's hardware (chosen once, when the job started)."""
+    job's hardware (chosen once, when the job started), with deterministic algorithms only
+    if the spec asks for them."""
+    with deterministic_algorithms(spec.deterministic, hardware.device):
+        return _train(spec, data, reporter, checkpointing, hardware, resume)
+
+
+def _train(
+    spec: JobSpec,
+    data: MnistTensors,
+    reporter: Reporter,
+    checkpointing: Checkpointing | None,
+    hardware: Hardware,
+    resume: dict[str, Any] | None,
+) -> TrainingResult:
     device = hardware.device
     setup = Setup.from_spec(spec, data, device)
     shuffler, train_split, test_split = setup.shuffler, setup.train_split, setup.test_split

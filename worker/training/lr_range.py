@@ -12,6 +12,7 @@ import torch
 from shared.messages import LrRangePoint, LrRangeResult
 from shared.spec import JobSpec
 from worker.training.data import MnistTensors
+from worker.training.determinism import deterministic_algorithms
 from worker.training.device import Hardware
 from worker.training.loop import Reporter, Setup, TrainingHandedBack, TrainingStopped
 from worker.training.progress import ProgressMeter
@@ -40,7 +41,15 @@ def lr_range_test(
     spec: JobSpec, data: MnistTensors, reporter: Reporter, hardware: Hardware
 ) -> LrRangeResult:
     """Runs the sweep on the job's hardware, at the precision training would use: a curve
-    measured in fp32 could suggest an lr that bf16 training cannot take."""
+    measured in fp32 could suggest an lr that bf16 training cannot take. Deterministically if
+    the spec asks, as training would."""
+    with deterministic_algorithms(spec.deterministic, hardware.device):
+        return _sweep(spec, data, reporter, hardware)
+
+
+def _sweep(
+    spec: JobSpec, data: MnistTensors, reporter: Reporter, hardware: Hardware
+) -> LrRangeResult:
     settings = spec.lr_range_test
     device = hardware.device
     setup = Setup.from_spec(spec, data, device)

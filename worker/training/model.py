@@ -35,7 +35,19 @@ def _activation(name: Activation) -> list[nn.Module]:
     return [factory()] if factory is not None else []
 
 
-def _block(layer: Layer, in_shape: list[int], model_dropout: float) -> list[nn.Module]:
+class SpatialMean(nn.Module):
+    """Global average pooling as a mean over height and width: the average that
+    AdaptiveAvgPool2d(1) and Flatten compute, through a backward pass that CUDA runs
+    deterministically (adaptive pooling's has no deterministic kernel, so PyTorch refuses it
+    under deterministic algorithms). No parameters: its checkpoints are the same either way."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3))
+
+
+def _block(
+    layer: Layer, in_shape: list[int], model_dropout: float, deterministic: bool
+) -> list[nn.Module]:
     if isinstance(layer, ConvLayer):
         modules: list[nn.Module] = [
             nn.Conv2d(
@@ -59,7 +71,7 @@ def _block(layer: Layer, in_shape: list[int], model_dropout: float) -> list[nn.M
     if isinstance(layer, AvgPoolLayer):
         return [nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)]
     if isinstance(layer, GlobalAvgPoolLayer):
-        return [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return [SpatialMean()] if deterministic else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if isinstance(layer, FlattenLayer):
         return [nn.Flatten()]
     if isinstance(layer, LinearLayer):
@@ -74,13 +86,16 @@ def _block(layer: Layer, in_shape: list[int], model_dropout: float) -> list[nn.M
     raise TypeError(f"no builder for layer type {layer.type!r}")
 
 
-def build_model(layers: list[Layer], model_dropout: float = 0.0) -> nn.Sequential:
-    """One nn.Sequential per spec layer, so module i of the result is spec layer i."""
+def build_model(
+    layers: list[Layer], model_dropout: float = 0.0, *, deterministic: bool = False
+) -> nn.Sequential:
+    """One nn.Sequential per spec layer, so module i of the result is spec layer i; with
+    `deterministic`, of modules that train under deterministic algorithms."""
     analysis = analyze(layers)
     in_shapes = [[1, 28, 28]] + [row.output_shape for row in analysis.layers[:-1]]
     return nn.Sequential(
         *(
-            nn.Sequential(*_block(layer, in_shape, model_dropout))
+            nn.Sequential(*_block(layer, in_shape, model_dropout, deterministic))
             for layer, in_shape in zip(layers, in_shapes, strict=True)
         )
     )
@@ -93,5 +108,6 @@ def build_for_training(spec: JobSpec, device: torch.device) -> nn.Sequential:
         # The stored spec always carries its layers (a preset is resolved when the job is
         # submitted); without them there is nothing to train, and no default to guess.
         raise ValueError("the spec's model has no layers, so there is no network to train")
-    model = build_model(spec.model.layers, spec.model.dropout).to(device)
+    layers, dropout = spec.model.layers, spec.model.dropout
+    model = build_model(layers, dropout, deterministic=spec.deterministic).to(device)
     return model.to(memory_format=torch.channels_last)

@@ -1,8 +1,10 @@
 """The training loop with a validation split, and the same metrics from the same spec."""
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from shared.messages import EpochMetrics
@@ -13,7 +15,13 @@ from tests.unit.worker.small_jobs import CPU_FP32, small_job
 from worker.training import loop
 from worker.training.checkpoints import Checkpointing
 from worker.training.data import MnistTensors, Split, load_mnist
+from worker.training.determinism import (
+    CUBLAS_WORKSPACE_CONFIG,
+    DeterminismUnavailable,
+    deterministic_algorithms,
+)
 from worker.training.loop import train
+from worker.training.model import SpatialMean, build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -119,9 +127,10 @@ class TestSameSpecSameMetrics:
         spec = small_job(seed=4)
         assert results(trained(spec, mnist).rows) == results(trained(spec, mnist).rows)
 
-    def test_with_validation_and_augmentation(self, mnist):
+    def test_with_validation_augmentation_and_deterministic_algorithms(self, mnist):
         spec = small_job(
             seed=4,
+            deterministic=True,
             data={
                 "validation": VALIDATION,
                 "train_subset": 300,
@@ -144,3 +153,88 @@ class TestSameSpecSameMetrics:
         # The comparison above can fail: the metrics do depend on the seed.
         one = results(trained(small_job(seed=4), mnist).rows)
         assert one != results(trained(small_job(seed=5), mnist).rows)
+
+
+class TestDeterministicAlgorithms:
+    def test_on_within_and_as_before_after(self):
+        assert not torch.are_deterministic_algorithms_enabled()
+        with deterministic_algorithms(True, torch.device("cpu")):
+            assert torch.are_deterministic_algorithms_enabled()
+            assert not torch.backends.cudnn.benchmark
+            assert torch.backends.cudnn.deterministic
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.deterministic
+
+    def test_put_back_when_training_fails(self):
+        with pytest.raises(RuntimeError, match="boom"):
+            with deterministic_algorithms(True, torch.device("cpu")):
+                raise RuntimeError("boom")
+        assert not torch.are_deterministic_algorithms_enabled()
+
+    def test_not_asked_changes_nothing(self):
+        with deterministic_algorithms(False, torch.device("cpu")):
+            assert not torch.are_deterministic_algorithms_enabled()
+
+    def test_the_training_loop_asks_for_them_when_the_spec_does(self, mnist, monkeypatch):
+        seen = []
+
+        def evaluate(*_args: object) -> tuple[float, float]:
+            seen.append(torch.are_deterministic_algorithms_enabled())
+            return 1.0, 0.5
+
+        monkeypatch.setattr(loop, "evaluate", evaluate)
+        trained(small_job(deterministic=True, epochs=1), mnist)
+        trained(small_job(epochs=1), mnist)
+        assert seen == [True, False]
+        assert not torch.are_deterministic_algorithms_enabled()
+
+    def test_cuda_without_the_cublas_workspace_is_refused_before_anything_runs(self, monkeypatch):
+        # A device object only: nothing here touches CUDA.
+        monkeypatch.delenv(CUBLAS_WORKSPACE_CONFIG, raising=False)
+        with pytest.raises(DeterminismUnavailable, match=":4096:8"):
+            with deterministic_algorithms(True, torch.device("cuda")):
+                pytest.fail("entered without the workspace configuration")
+        assert not torch.are_deterministic_algorithms_enabled()
+
+    def test_cuda_with_the_cublas_workspace_is_allowed(self, monkeypatch):
+        monkeypatch.setenv(CUBLAS_WORKSPACE_CONFIG, ":4096:8")
+        with deterministic_algorithms(True, torch.device("cuda")):
+            assert torch.are_deterministic_algorithms_enabled()
+
+    def test_a_worker_process_sets_the_cublas_workspace_when_it_starts(self, monkeypatch):
+        from shared.settings import Settings
+        from worker.runtime import configure_torch
+
+        monkeypatch.delenv(CUBLAS_WORKSPACE_CONFIG, raising=False)
+        threads = torch.get_num_threads()
+        try:
+            configure_torch(Settings(torch_threads=1))
+        finally:
+            torch.set_num_threads(threads)
+        assert os.environ[CUBLAS_WORKSPACE_CONFIG] == ":4096:8"
+
+
+class TestSpatialMean:
+    """A deterministic job's global average pooling: the same numbers, the same checkpoint."""
+
+    LAYERS = [{"type": "conv", "out_channels": 10}, {"type": "gap"}]
+
+    def models(self) -> tuple[nn.Sequential, nn.Sequential]:
+        spec = JobSpec.model_validate({"model": {"layers": self.LAYERS}})
+        assert spec.model.layers is not None
+        return (
+            build_model(spec.model.layers),
+            build_model(spec.model.layers, deterministic=True),
+        )
+
+    def test_replaces_adaptive_pooling_in_a_deterministic_model(self):
+        plain, deterministic = self.models()
+        assert [type(m) for m in plain[1]] == [nn.AdaptiveAvgPool2d, nn.Flatten]
+        assert [type(m) for m in deterministic[1]] == [SpatialMean]
+
+    def test_the_same_outputs_and_state_dict(self):
+        plain, deterministic = self.models()
+        deterministic.load_state_dict(plain.state_dict())
+        images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(deterministic(images), plain(images))
+        assert plain.state_dict().keys() == deterministic.state_dict().keys()
