@@ -34,8 +34,9 @@ def pick(
     best: bool = False,
     name: str | None = None,
 ) -> Mapping[str, Any]:
-    """The checkpoint named, or of that epoch, or with the best test accuracy (the first
-    epoch that reached it), or else the newest."""
+    """The checkpoint named, or of that epoch, or the best (the first epoch to reach the
+    highest validation accuracy when the job validated, else test accuracy), or else the
+    newest."""
     if not checkpoints:
         raise CommandFailed(f"job {job_id} has no checkpoints yet")
     if name is not None:
@@ -53,10 +54,13 @@ def pick(
             )
         return found[0]
     if best:
-        scored = [c for c in checkpoints if c.get("test_accuracy") is not None]
+        # A job that held images out chose by them: its test set never picks the model.
+        validated = any(c.get("val_accuracy") is not None for c in checkpoints)
+        metric = "val_accuracy" if validated else "test_accuracy"
+        scored = [c for c in checkpoints if c.get(metric) is not None]
         if not scored:
             raise CommandFailed(f"job {job_id}'s checkpoints have no test accuracy to rank")
-        return min(scored, key=lambda c: (-c["test_accuracy"], c["epoch"]))
+        return min(scored, key=lambda c: (-c[metric], c["epoch"]))
     return max(checkpoints, key=lambda c: c["epoch"])
 
 

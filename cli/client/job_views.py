@@ -63,6 +63,15 @@ def is_lr_range_test(job: Mapping[str, Any]) -> bool:
     return job.get("spec", {}).get("kind") == "lr_range_test"
 
 
+def best_accuracies(best: Mapping[str, Any]) -> str:
+    """The best epoch's accuracies: validation first when the job validated, since it chose
+    the epoch."""
+    text = f"test_accuracy {best['test_accuracy']:.4f}"
+    if best.get("val_accuracy") is not None:
+        text = f"val_accuracy {best['val_accuracy']:.4f}, {text}"
+    return text
+
+
 def lr_range_result(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
     result = job.get("result") or {}
     curve = result.get("lr_range_test")
@@ -76,9 +85,15 @@ def epoch_line(row: Mapping[str, Any], epochs: int | None = None) -> str:
     """One metrics row: `epoch 0 (1 of 2): train_loss 0.4123 train_accuracy 0.8812 …`.
     Epochs count from 0, as everywhere in the API; the bracket says how far that is."""
     of = f" ({row['epoch'] + 1} of {epochs})" if epochs else ""
+    validation = (
+        f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} "
+        if row.get("val_loss") is not None and row.get("val_accuracy") is not None
+        else ""
+    )
     return (
         f"epoch {row['epoch']}{of}: "
         f"train_loss {row['train_loss']:.4f} train_accuracy {row['train_accuracy']:.4f} "
+        f"{validation}"
         f"test_loss {row['test_loss']:.4f} test_accuracy {row['test_accuracy']:.4f} "
         f"lr {format_lr(row.get('lr'))} {row['epoch_seconds']:.1f} s"
     )
@@ -114,9 +129,15 @@ def summary_line(job: Mapping[str, Any]) -> Text:
         )
     elif job.get("best"):
         best = job["best"]
-        line.append(
-            f": best test_accuracy {best['test_accuracy']:.4f} at epoch {best['epoch']}, {done}"
-        )
+        if best.get("val_accuracy") is not None:
+            line.append(
+                f": best val_accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} "
+                f"(test_accuracy {best['test_accuracy']:.4f}), {done}"
+            )
+        else:
+            line.append(
+                f": best test_accuracy {best['test_accuracy']:.4f} at epoch {best['epoch']}, {done}"
+            )
     else:
         line.append(f": {done}")
     if job.get("finished_at"):
@@ -187,9 +208,11 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
 
 def _checkpoints(checkpoints: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    validated = any(checkpoint.get("val_accuracy") is not None for checkpoint in checkpoints)
     for header, justify in (
         ("name", "left"),
         ("epoch", "right"),
+        *([("val_accuracy", "right")] if validated else []),
         ("test_accuracy", "right"),
         ("bytes", "right"),
         ("sha256", "left"),
@@ -199,6 +222,7 @@ def _checkpoints(checkpoints: Sequence[Mapping[str, Any]]) -> Table:
         table.add_row(
             checkpoint["name"],
             str(checkpoint["epoch"]),
+            *([format_value(checkpoint.get("val_accuracy"))] if validated else []),
             format_value(checkpoint.get("test_accuracy")),
             f"{checkpoint['bytes']:,}",
             # The start is enough to tell them apart; `show --json` has it whole.
@@ -254,7 +278,7 @@ def job_view(job: Mapping[str, Any]) -> RenderableType:
         grid.add_row("lr range test", found)
     best = job.get("best")
     if best:
-        grid.add_row("best", f"epoch {best['epoch']}: test_accuracy {best['test_accuracy']:.4f}")
+        grid.add_row("best", f"epoch {best['epoch']}: {best_accuracies(best)}")
     latest = job.get("latest_metrics")
     if latest:
         grid.add_row("latest", epoch_line(latest, progress.get("epochs")))
@@ -301,6 +325,8 @@ def result_rows(job: Mapping[str, Any]) -> dict[str, str]:
         "duration": took(job),
         "parameters": f"{(job.get('analysis') or {}).get('parameters', 0):,}",
     }
+    if best and best.get("val_accuracy") is not None:
+        rows["best val_accuracy"] = format_value(best["val_accuracy"])
     if curve is not None:
         rows["suggested lr"] = format_lr(curve.get("suggested_lr"))
     return rows

@@ -149,7 +149,12 @@ def delete(job_id: JobId) -> None:
 def download(
     job_id: JobId,
     epoch: Annotated[int | None, typer.Option(min=0, help="the checkpoint of this epoch")] = None,
-    best: Annotated[bool, typer.Option("--best", help="the best test accuracy's")] = False,
+    best: Annotated[
+        bool,
+        typer.Option(
+            "--best", help="the best epoch's: by validation accuracy if the job validated"
+        ),
+    ] = False,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -233,9 +238,7 @@ def predict(
     ],
     checkpoint_name: Annotated[
         str | None,
-        typer.Option(
-            "--checkpoint", metavar="NAME", help="this checkpoint, not the best test accuracy's"
-        ),
+        typer.Option("--checkpoint", metavar="NAME", help="this checkpoint, not the best epoch's"),
     ] = None,
     cache_dir: Annotated[
         Path | None,

@@ -1,11 +1,13 @@
 """`tunelab plot`: learning curves of jobs as an image file, drawn by matplotlib without a
 display (a Figure of its own, rendered by Agg: no pyplot, no window, no global state).
 
-Training jobs get three panels, loss, accuracy and learning rate per epoch, train dashed
-and test solid, one colour per job. An LR range test gets its loss-versus-lr curve on a
-log axis, the raw loss faint under the smoothed one, with its suggestion marked.
+Training jobs get three panels, loss, accuracy and learning rate per epoch, train dashed,
+validation dotted (for jobs that hold images out) and test solid, one colour per job. An LR
+range test gets its loss-versus-lr curve on a log axis, the raw loss faint under the smoothed
+one, with its suggestion marked.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +53,16 @@ def _training(panels: Sequence[Axes], curves: Sequence[Curves], colours: list[st
     _epochs(accuracy, "accuracy")
     _epochs(lr, "learning rate")
     lrs: list[float] = []
+    validated = False
     for job, colour in zip(curves, colours, strict=True):
         epochs = [row["epoch"] for row in job.rows]
         for axes, metric in ((loss, "loss"), (accuracy, "accuracy")):
             axes.plot(epochs, [row[f"train_{metric}"] for row in job.rows], "--", color=colour)
+            validation = [row.get(f"val_{metric}") for row in job.rows]
+            if any(value is not None for value in validation):
+                validated = True
+                values = [math.nan if value is None else value for value in validation]
+                axes.plot(epochs, values, ":", color=colour)
             axes.plot(
                 epochs,
                 [row[f"test_{metric}"] for row in job.rows],
@@ -69,6 +77,8 @@ def _training(panels: Sequence[Axes], curves: Sequence[Curves], colours: list[st
     if lrs and max(lrs) / min(lrs) > 20:
         lr.set_yscale("log")
     loss.plot([], [], "--", color="grey", label="train")
+    if validated:
+        loss.plot([], [], ":", color="grey", label="validation")
     loss.plot([], [], "-", color="grey", label="test")
     loss.legend(fontsize="small")
 
