@@ -271,7 +271,7 @@ class JobSpec(StrictModel):
         return current
 
     def train_images(self) -> int:
-        return self.data.train_subset or MNIST_TRAIN_IMAGES
+        return self.data.train_images()
 
     def test_images(self) -> int:
         return self.data.test_subset or MNIST_TEST_IMAGES
