@@ -145,33 +145,41 @@ class TestSpaceBounds:
             for _ in range(settings.max_layers - 2)
         ]
         layers += [{"type": "gap"}, {"type": "linear", "out_features": 10}]
-        categorical = MAX_CHOICES_IN_ALL // MAX_CHOICES
-        space: dict[str, Any] = {
-            f"model.layers[{i}].out_channels": (
-                {"type": "categorical", "choices": list(range(1, MAX_CHOICES + 1))}
-                if i < categorical
+        # As few categorical dimensions as hold every choice allowed (the others have two
+        # bounds each to check): the most checks a space can ask for.
+        space: dict[str, Any] = {}
+        choices_left = MAX_CHOICES_IN_ALL
+        for i in range(MAX_DIMENSIONS):
+            count = min(MAX_CHOICES, choices_left)
+            choices_left -= count
+            space[f"model.layers[{i}].out_channels"] = (
+                {"type": "categorical", "choices": list(range(1, count + 1))}
+                if count
                 else int_dimension(1, 16)
             )
-            for i in range(MAX_DIMENSIONS)
-        }
         at_the_bounds = StudySpec.model_validate(
             {"base": {**BASE, "epochs": 1, "model": {"layers": layers}}, "space": space}
         )
         timings = []
-        for _ in range(3):
+        # The best of a few: the CPU is shared, and a neighbour's burst is not our cost.
+        for _ in range(5):
             started = time.process_time()
             admit_study(at_the_bounds, settings)
             timings.append(time.process_time() - started)
         print(
             f"admission at the bounds ({MAX_DIMENSIONS} dimensions, {MAX_CHOICES_IN_ALL} "
-            f"choices, {settings.max_layers} layers): best of 3 {min(timings) * 1000:.1f} ms CPU"
+            f"choices, {settings.max_layers} layers): best of 5 {min(timings) * 1000:.1f} ms CPU, "
+            f"median {sorted(timings)[2] * 1000:.1f} ms"
         )
         assert min(timings) < ADMISSION_SECONDS
 
     def test_a_space_of_bad_choices_lists_a_few_and_says_so(self):
-        bad = {"type": "categorical", "choices": [-i for i in range(1, MAX_CHOICES + 1)]}
+        def bad(count: int) -> dict[str, Any]:
+            return {"type": "categorical", "choices": [-i for i in range(1, count + 1)]}
+
+        space = {"seed": bad(MAX_CHOICES), "batch_size": bad(MAX_CHOICES_IN_ALL - MAX_CHOICES)}
         with pytest.raises(SpecRejected) as refused:
-            admit_study(study({"seed": bad, "batch_size": bad}), Settings())
+            admit_study(study(space), Settings())
         problems = refused.value.problems
         assert len(problems) == MAX_SPACE_PROBLEMS + 1
         assert problems[-1].location == ("space",)
