@@ -20,14 +20,14 @@ from starlette.exceptions import HTTPException
 
 from api.auth.keys import tenant_for_key
 from api.auth.rate_limit import Credential, RateLimiter
-from api.core.deps import AddressDep, SessionDep, client_address, get_settings
+from api.core.deps import AddressDep, SessionDep, peer_address, settings_of
 from api.core.models import Tenant
 from api.web.errors import Unauthorized
 
 bearer = HTTPBearer(auto_error=False, description="A tenant API key: `tunelab keys create`")
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     limiter: RateLimiter = request.app.state.rate_limiter
     return limiter
 
@@ -61,8 +61,8 @@ TenantDep = Annotated[Tenant, Depends(current_tenant)]
 def _require_token(request: Request, credential: Credential, expected: str, detail: str) -> None:
     """Refuses a request whose bearer token is not `expected` (compared in constant time);
     an empty `expected` refuses everyone."""
-    limiter = get_rate_limiter(request)
-    address = client_address(request)
+    limiter: RateLimiter = request.app.state.rate_limiter
+    address = peer_address(request)
     limiter.refuse_failing_address(credential, address)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if (
@@ -76,14 +76,14 @@ def _require_token(request: Request, credential: Credential, expected: str, deta
 def require_worker(request: Request) -> None:
     """Refuses a request without the workers' shared token (TUNELAB_WORKER_TOKEN). Called by
     WorkerRoute before anything else, so that no body is read for an unauthenticated caller."""
-    expected = get_settings(request).worker_token
+    expected = settings_of(request).worker_token
     _require_token(request, "worker-token", expected, "worker routes need the worker token")
 
 
 def require_metrics_token(request: Request) -> None:
     """Refuses a scrape without the metrics token; tenants' keys and the workers' token are
     refused like any other wrong token."""
-    expected = get_settings(request).metrics_token
+    expected = settings_of(request).metrics_token
     if not expected:
         # Off unless configured, and then indistinguishable from a path that names nothing.
         raise HTTPException(404)

@@ -4,7 +4,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import StaticPool
-from sqlmodel import create_engine
+from sqlmodel import Session, create_engine
 
 
 def make_engine(database_url: str) -> Engine:
@@ -29,3 +29,7 @@ def make_engine(database_url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"

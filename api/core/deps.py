@@ -1,5 +1,8 @@
 """What every domain's routes take from the application: settings, a database session, the
-dispatcher and the checkpoint store, as annotated aliases."""
+dispatcher and the checkpoint store, as annotated aliases.
+
+The dependencies that only read the app's state are `async def`: FastAPI runs a plain `def`
+dependency in its thread pool, a thread hop per dependency per request for a lookup."""
 
 from collections.abc import Iterator
 from typing import Annotated
@@ -12,9 +15,13 @@ from api.core.dispatch import Dispatcher
 from shared.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -25,12 +32,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
 
@@ -43,10 +50,14 @@ def wake_scheduler(request: Request) -> None:
         scheduler.wake()
 
 
-def client_address(request: Request) -> str:
+def peer_address(request: Request) -> str:
     # The peer the server saw. Behind a proxy, run uvicorn with --proxy-headers and
     # --forwarded-allow-ips, or every client shares the proxy's address and its limit.
     return request.client.host if request.client else "unknown"
+
+
+async def client_address(request: Request) -> str:
+    return peer_address(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
