@@ -12,6 +12,8 @@ from shared.presets import PRESETS
 from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.study_spec import (
+    STUDY_VALIDATION_IMAGES,
+    TEST_METRICS,
     CategoricalDistribution,
     Constraints,
     FloatDistribution,
@@ -198,12 +200,127 @@ def _grid_problems(study: StudySpec, settings: Settings) -> list[Problem]:
     ]
 
 
+# Samplers and pruners that work on one objective only.
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+SINGLE_OBJECTIVE_PRUNERS = ("median", "asha", "hyperband")
+
+
+def _objective_problems(study: StudySpec) -> list[Problem]:
+    given = study.objectives is not None
+    field = "objectives" if given else "objective"
+    if (
+        given
+        and "objective" in study.model_fields_set
+        and study.objective != study.objective_list[0]
+    ):
+        return [
+            Problem(
+                ("objectives",),
+                "give `objective` (one) or `objectives` (a list of up to 3), not both",
+            )
+        ]
+    problems = []
+    goals = study.objective_list
+    for index, goal in enumerate(goals):
+        where: tuple[str | int, ...] = (field, index, "metric") if given else (field, "metric")
+        if goal.metric in TEST_METRICS:
+            measured = goal.metric.removeprefix("test_")
+            problems.append(
+                Problem(
+                    where,
+                    f"{goal.metric} may not choose hyperparameters: the test images report the "
+                    "winner's score, and a score the search was tuned on flatters it. Choose "
+                    f"on val_{measured} (the images data.validation holds out of training); "
+                    "each trial still reports its test accuracy",
+                )
+            )
+    if all(goal.static for goal in goals):
+        problems.append(
+            Problem(
+                (field,),
+                "at least one objective must be measured by training (val_accuracy, val_loss, "
+                "train_accuracy, train_loss): parameters and multiply_adds are known from the "
+                "analysis before anything trains",
+            )
+        )
+    multi = len(goals) > 1
+    if multi and study.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
+        problems.append(
+            Problem(
+                ("sampler", "name"),
+                f"{study.sampler.name} optimises one objective; for several use tpe, nsga2, "
+                "random, grid or qmc",
+            )
+        )
+    if multi and study.pruner.name in SINGLE_OBJECTIVE_PRUNERS:
+        problems.append(
+            Problem(
+                ("pruner", "name"),
+                f"{study.pruner.name} ranks trials on one objective; a study of several "
+                "objectives prunes with pareto (or none)",
+            )
+        )
+    if not multi and study.pruner.name == "pareto":
+        problems.append(
+            Problem(
+                ("pruner", "name"),
+                "pareto stops trials dominated on several objectives; with one objective it "
+                "would stop every trial behind the best so far: use median, asha or hyperband",
+            )
+        )
+    if multi and study.confirm is not None:
+        problems.append(
+            Problem(
+                ("confirm",),
+                "confirmation ranks configurations by one objective; a study of several "
+                "objectives reports its front (`pareto`) instead",
+            )
+        )
+    return problems
+
+
+def _with_validation(study: StudySpec) -> tuple[JobSpec, list[Problem]]:
+    """The base as a study trains it: holding STUDY_VALIDATION_IMAGES out to validate on when
+    it does not say, since a study chooses on validation; and why a base that holds nothing
+    out cannot serve the study's objectives."""
+    base = study.base
+    if "validation" not in base.data.model_fields_set:
+        data = base.data.model_copy(update={"validation": STUDY_VALIDATION_IMAGES})
+        return base.model_copy(update={"data": data}), []
+    validated = [goal.metric for goal in study.objective_list if goal.metric.startswith("val_")]
+    if base.data.validation == 0 and validated:
+        return base, [
+            Problem(
+                ("base", "data", "validation"),
+                f"0 holds no images out, and {validated[0]} is measured on them: hold some "
+                f"out, or leave data.validation out to hold {STUDY_VALIDATION_IMAGES} out",
+            )
+        ]
+    return base, []
+
+
+def _held_out_by_the_study(problem: Problem) -> Problem:
+    if problem.location != ("data", "train_subset"):
+        return problem
+    note = f" (a study holds {STUDY_VALIDATION_IMAGES} out unless its base sets data.validation)"
+    return Problem(problem.location, problem.message + note, problem.code)
+
+
 def admit_study(study: StudySpec, settings: Settings) -> StudySpec:
-    """A submitted study as it will be stored (its base resolved), or SpecRejected."""
+    """A submitted study as it will be stored (its base resolved, holding images out to
+    validate on), or SpecRejected."""
+    problems = _objective_problems(study)
+    base_spec, validation_problems = _with_validation(study)
+    problems += validation_problems
     try:
-        base, _ = admit(study.base, settings)
+        base, _ = admit(base_spec, settings)
     except SpecRejected as rejected:
-        raise SpecRejected(_at(("base",), rejected.problems)) from rejected
+        base_problems = rejected.problems
+        if base_spec is not study.base:
+            base_problems = [_held_out_by_the_study(p) for p in base_problems]
+        raise SpecRejected(problems + _at(("base",), base_problems)) from rejected
+    if problems:
+        raise SpecRejected(problems)
     resolved = study.model_copy(update={"base": base})
     problems = _grid_problems(study, settings)
     problems += _space_problems(resolved, base.model_dump(mode="json"), settings)

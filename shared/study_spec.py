@@ -125,13 +125,38 @@ def encode_choice(choice: JsonValue) -> str | int | float | bool | None:
     return choice
 
 
-Metric = Literal["test_accuracy", "test_loss", "train_accuracy", "train_loss"]
+# What a study may optimise: a metric each epoch reports (on the images `data.validation`
+# holds out of training, or on the training images), or a count the architecture analysis
+# gives before anything trains. `test_*` stay readable here, since studies stored before
+# validation existed chose on them; a new study on them is refused at submission
+# (shared.study_checks): the test images report a winner's score, they never choose it.
+Metric = Literal[
+    "val_accuracy",
+    "val_loss",
+    "train_accuracy",
+    "train_loss",
+    "parameters",
+    "multiply_adds",
+    "test_accuracy",
+    "test_loss",
+]
+STATIC_METRICS = frozenset({"parameters", "multiply_adds"})
+TEST_METRICS = frozenset({"test_accuracy", "test_loss"})
+MAX_OBJECTIVES = 3
+# The training images a study's base holds out to validate on when it does not say.
+STUDY_VALIDATION_IMAGES = 10_000
 
 
 class Objective(StrictModel):
-    metric: Metric = "test_accuracy"
+    metric: Metric = Field(
+        default="val_accuracy",
+        description="An epoch metric (`val_*`, `train_*`) or a static count known before "
+        "training (`parameters`, `multiply_adds`). `test_*` is refused: the test images "
+        "report a result, they never choose one",
+    )
     direction: Literal["maximize", "minimize"] | None = None
-    # The objective of a trial: its best epoch's value, or its last epoch's.
+    # The objective of a trial: its best epoch's value, or its last epoch's (a static
+    # objective has one value, whatever this says).
     reduce: Literal["best", "last"] = "best"
 
     @model_validator(mode="after")
@@ -144,25 +169,36 @@ class Objective(StrictModel):
     def maximize(self) -> bool:
         return self.direction == "maximize"
 
+    @property
+    def static(self) -> bool:
+        """Known from the architecture analysis before the trial trains."""
+        return self.metric in STATIC_METRICS
+
 
 Seed = Annotated[int, Field(ge=0, le=MAX_INT32)]
 
 
 class SamplerSpec(StrictModel):
-    name: Literal["grid", "random", "tpe", "cmaes", "qmc"] = "tpe"
+    name: Literal["grid", "random", "tpe", "cmaes", "qmc", "nsga2"] = "tpe"
     # The same seed (and the same results told) gives the same sequence of sampled specs.
     seed: Seed = 0
     # TPE and CMA-ES sample at random for this many trials before they model the results.
     n_startup_trials: int = Field(default=5, ge=0, le=1000)
+    # nsga2: the trials of each generation; the first generation is sampled at random.
+    population_size: int = Field(default=50, ge=2, le=1000)
 
 
 class PrunerSpec(StrictModel):
-    name: Literal["none", "median", "asha", "hyperband"] = "none"
+    # pareto (several objectives): stops a trial whose epoch objectives after k epochs are
+    # worse than a completed trial's after k epochs, when that trial is no worse on every
+    # static objective (parameters, multiply_adds).
+    name: Literal["none", "median", "asha", "hyperband", "pareto"] = "none"
     # asha and hyperband: the fewest epochs a trial trains before it can be stopped, and
     # the factor by which each rung keeps fewer trials.
     min_epochs: int = Field(default=1, ge=1, le=MAX_INT32)
     reduction_factor: int = Field(default=3, ge=2, le=100)
-    # median: trials that must finish before any is stopped, and epochs before a trial is.
+    # median: trials that must finish before any is stopped; median and pareto: epochs a
+    # trial trains before it can be.
     n_startup_trials: int = Field(default=5, ge=0, le=MAX_INT32)
     n_warmup_epochs: int = Field(default=0, ge=0, le=MAX_INT32)
 
@@ -185,6 +221,13 @@ class StudySpec(StrictModel):
         min_length=1, max_length=MAX_DIMENSIONS
     )
     objective: Objective = Field(default_factory=Objective)
+    objectives: list[Objective] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_OBJECTIVES,
+        description="Instead of `objective`: up to 3, each metric once; with more than one "
+        "the study is multi-objective and reports its Pareto front",
+    )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     constraints: Constraints = Field(default_factory=Constraints)
@@ -206,6 +249,33 @@ class StudySpec(StrictModel):
                 f"(and {MAX_CHOICES} in one dimension)"
             )
         return space
+
+    @field_validator("objectives")
+    @classmethod
+    def _each_metric_once(cls, objectives: list[Objective] | None) -> list[Objective] | None:
+        metrics = [objective.metric for objective in objectives or []]
+        twice = sorted({metric for metric in metrics if metrics.count(metric) > 1})
+        if twice:
+            raise ValueError(f"each metric at most once; twice: {', '.join(twice)}")
+        return objectives
+
+    @model_validator(mode="after")
+    def _objective_is_the_first(self) -> "StudySpec":
+        # `objective` stays the first objective, so that what reads one objective reads the
+        # first; both given and different is refused at submission (study_checks), with
+        # the field named.
+        if self.objectives is not None and "objective" not in self.model_fields_set:
+            self.objective = self.objectives[0]
+        return self
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        """Every objective, in order: `objectives`, or `objective` alone."""
+        return list(self.objectives) if self.objectives is not None else [self.objective]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_list) > 1
 
 
 def parse_path(path: str) -> list[PathStep]:

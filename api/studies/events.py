@@ -18,14 +18,15 @@ from sqlmodel import Session
 from api.core.models import EpochMetricRow, Study, StudyStatus
 from api.studies.reads import (
     TrialView,
+    epoch_metrics,
     metrics_after,
     new_trial_view,
+    take_metrics,
     trial_public,
     unsettled_trials,
 )
 from api.studies.schemas import TrialState
 from api.web.sse import frame
-from shared.study_spec import Objective
 
 
 @dataclass
@@ -38,25 +39,30 @@ class StreamState:
     sequence: int = 0
     # Trials that ended and were told: never read again.
     settled: set[int] = field(default_factory=set)
-    # The objective's metric by epoch of each unsettled trial's job, as far as it was read.
-    metrics: dict[str, dict[int, float]] = field(default_factory=dict)
+    # The objectives' metrics by epoch of each unsettled trial's job, as far as they were
+    # read: by job, then metric, then epoch.
+    metrics: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    # The last epoch read of each of those jobs (an epoch whose objectives were all None,
+    # validation of a job that held nothing out, is read all the same).
+    read_up_to: dict[str, int] = field(default_factory=dict)
 
     def frame(self, event: str, data: object) -> str:
         self.sequence += 1
         return frame(event, json.dumps(data, default=str), str(self.sequence))
 
     def last_epochs(self, job_ids: list[str]) -> dict[str, int]:
-        return {job_id: max(self.metrics.get(job_id, {}), default=-1) for job_id in job_ids}
+        return {job_id: self.read_up_to.get(job_id, -1) for job_id in job_ids}
 
-    def take_metrics(self, rows: list[EpochMetricRow], objective: Objective) -> None:
+    def take_metrics(self, rows: list[EpochMetricRow], columns: list[str]) -> None:
         for row in rows:
-            value = float(getattr(row, objective.metric))
-            self.metrics.setdefault(row.job_id, {})[row.epoch] = value
+            take_metrics(self.metrics.setdefault(row.job_id, {}), row, columns)
+            self.read_up_to[row.job_id] = max(row.epoch, self.read_up_to.get(row.job_id, -1))
 
     def settle(self, view: TrialView) -> None:
         self.settled.add(view.number)
         if view.job is not None:
             self.metrics.pop(view.job.id, None)
+            self.read_up_to.pop(view.job.id, None)
 
 
 EVENT_TYPES = {
@@ -104,17 +110,17 @@ def study_events_since(engine: Engine, study_id: str, sent: StreamState) -> tupl
         study = session.get(Study, study_id)
         if study is None:
             return [sent.frame("status", StudyStatusEvent(status="unknown").model_dump())], True
-        objective = study.parsed_spec().objective
+        spec = study.parsed_spec()
         # Jobs before their metrics: a job read as ended has all its rows in by then.
         trials = unsettled_trials(session, study_id, sent.settled)
         jobs = [job.id for _, job in trials if job is not None]
-        sent.take_metrics(metrics_after(session, sent.last_epochs(jobs)), objective)
+        sent.take_metrics(metrics_after(session, sent.last_epochs(jobs)), epoch_metrics(spec))
         frames = []
         for row, job in trials:
             view = new_trial_view(row, job)
             if job is not None:
-                view.metric_by_epoch = sent.metrics.get(job.id, {})
-            trial = trial_public(view, objective)
+                view.metrics = sent.metrics.get(job.id, {})
+            trial = trial_public(view, spec)
             before = sent.states.get(trial.number)
             if trial.epochs_completed > sent.epochs.get(trial.number, 0):
                 frames.append(sent.frame("epoch", trial.model_dump(mode="json")))

@@ -9,10 +9,15 @@ keeps too. A restarted API therefore decides exactly as the one before it would 
 
 Steps are epochs completed: a trial's value after its first epoch is at step 1, so a
 pruner's `min_epochs` counts epochs trained.
+
+A study of several objectives is an Optuna study of several directions. Optuna refuses
+`report` and `should_prune` in such a study, so its pruner (`pareto`) is ours
+(api/studies/pruning.py, over Optuna's dominance helpers in api/studies/pareto.py); how its
+pruned and infeasible trials are told to the samplers is decided in reads.optuna_records.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +47,7 @@ from optuna.samplers import (
     BaseSampler,
     CmaEsSampler,
     GridSampler,
+    NSGAIISampler,
     QMCSampler,
     RandomSampler,
     TPESampler,
@@ -53,6 +59,7 @@ from shared.study_spec import (
     CategoricalDistribution,
     Distribution,
     FloatDistribution,
+    Objective,
     StudySpec,
     encode_choice,
     grid_values,
@@ -64,6 +71,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 MIN_TRIALS_FOR_IMPORTANCES = 4
 # Optuna keeps a trial's constraint values in its system attributes under this prefix.
 CONSTRAINT_ATTR = "constraints:"
+# The value told for a static objective (parameters, multiply-adds) of an infeasible trial
+# before any trial finished: more than any model the service admits.
+WORST_UNSEEN_COUNT = 1e12
 
 
 @dataclass
@@ -73,10 +83,14 @@ class TrialRecord:
     number: int
     state: TrialState
     params: dict[str, Any]
+    # The objective (a study of one), or one value per objective (a study of several).
     value: float | None = None
-    # Objective value by step (epochs completed).
+    values: list[float] | None = None
+    # Objective value by step (epochs completed); a study of one objective only.
     intermediate: dict[int, float] = field(default_factory=dict)
     system_attrs: dict[str, Any] = field(default_factory=dict)
+    # Whether the trial trained to its end: what a multi-objective study's importances use.
+    succeeded: bool = False
 
 
 def optuna_distribution(distribution: Distribution) -> BaseDistribution:
@@ -147,6 +161,10 @@ def make_sampler(spec: StudySpec, number: int) -> BaseSampler:
     if sampler.name == "qmc":
         # The sequence is the study seed's; its position is kept in the study's attributes.
         return QMCSampler(seed=sampler.seed, warn_independent_sampling=False)
+    if sampler.name == "nsga2":
+        # Each trial's generation is among its system attributes, and each generation's
+        # parents among the study's: both kept in the ledger like any sampler state.
+        return NSGAIISampler(population_size=sampler.population_size, seed=seed)
     raise ValueError(f"no sampler {sampler.name!r}")
 
 
@@ -161,7 +179,9 @@ def max_epochs(spec: StudySpec) -> int:
 
 def make_pruner(spec: StudySpec) -> BasePruner:
     pruner = spec.pruner
-    if pruner.name == "none":
+    if pruner.name in ("none", "pareto"):
+        # pareto is not Optuna's (its studies of several objectives cannot prune): see
+        # api/studies/pruning.py.
         return NopPruner()
     if pruner.name == "median":
         return MedianPruner(
@@ -181,15 +201,32 @@ def make_pruner(spec: StudySpec) -> BasePruner:
 
 
 def _frozen(spec: StudySpec, record: TrialRecord) -> FrozenTrial:
+    state = record.state
+    params = encoded(spec, record.params)
+    distributions = {path: optuna_distribution(spec.space[path]) for path in record.params}
+    if spec.multi_objective:
+        if state == TrialState.COMPLETE and record.values is None:
+            state = TrialState.FAIL  # finished without a value of every objective
+        return create_trial(
+            state=state,
+            values=record.values if state == TrialState.COMPLETE else None,
+            params=params,
+            distributions=distributions,
+            system_attrs=record.system_attrs,
+        )
     value = record.value
-    if record.state == TrialState.PRUNED and value is None and record.intermediate:
+    if state == TrialState.PRUNED and value is None and record.intermediate:
         # Optuna's own rule: a pruned trial's value is its last reported one.
         value = record.intermediate[max(record.intermediate)]
+    if state == TrialState.COMPLETE and value is None:
+        # Finished without the metric (a validation metric of a job that held nothing out):
+        # it has no value, and Optuna holds no complete trial without one.
+        state = TrialState.FAIL
     return create_trial(
-        state=record.state,
-        value=value if record.state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
-        params=encoded(spec, record.params),
-        distributions={path: optuna_distribution(spec.space[path]) for path in record.params},
+        state=state,
+        value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+        params=params,
+        distributions=distributions,
         intermediate_values=record.intermediate,
         system_attrs=record.system_attrs,
     )
@@ -203,9 +240,17 @@ def rebuild(
     sampler: BaseSampler | None = None,
 ) -> StoredStudy:
     """An in-memory Optuna study holding the ledger's trials, in the order of their numbers."""
-    stored = StoredStudy.create(
-        study_id, sampler or RandomSampler(), make_pruner(spec), spec.objective.direction
-    )
+    if spec.multi_objective:
+        stored = StoredStudy.create(
+            study_id,
+            sampler or RandomSampler(),
+            NopPruner(),
+            directions=[objective.direction or "maximize" for objective in spec.objective_list],
+        )
+    else:
+        stored = StoredStudy.create(
+            study_id, sampler or RandomSampler(), make_pruner(spec), spec.objective.direction
+        )
     stored.set_study_attrs(sampler_state)
     for record in sorted(records, key=lambda r: r.number):
         stored.study.add_trial(_frozen(spec, record))
@@ -244,12 +289,12 @@ def infeasible_attrs(violations: dict[str, float]) -> dict[str, Any]:
     return {f"{CONSTRAINT_ATTR}{name}": amount for name, amount in violations.items()}
 
 
-def penalty(spec: StudySpec, values: Sequence[float]) -> float:
+def penalty(objective: Objective, values: Sequence[float]) -> float:
     """The objective told for an infeasible trial: the worst value seen so far (or the worst
     an accuracy can be), so that samplers without constraints (CMA-ES) steer away from it."""
-    if spec.objective.maximize:
+    if objective.maximize:
         return min(values, default=0.0)
-    return max(values, default=1e6)
+    return max(values, default=WORST_UNSEEN_COUNT if objective.static else 1e6)
 
 
 @dataclass
@@ -283,17 +328,33 @@ def decide_pruning(
     return PruneDecision(prune=prune, reason=reason, system_attrs=attrs)
 
 
+def _value_of(index: int) -> Callable[[FrozenTrial], float]:
+    def value(trial: FrozenTrial) -> float:
+        return float(trial.values[index])
+
+    return value
+
+
 def importances(
     study_id: str, spec: StudySpec, records: Sequence[TrialRecord]
 ) -> dict[str, float] | None:
-    """fANOVA importances over the finished search trials, or None while too few finished."""
-    complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
+    """fANOVA importances over the finished search trials, or None while too few finished.
+    For several objectives, the importances for the first objective measured by training
+    (a static one follows from the parameters alone), over the trials that succeeded."""
+    if spec.multi_objective:
+        complete = [r for r in records if r.succeeded and r.values is not None]
+    else:
+        complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCES or len(spec.space) < 1:
         return None
     study = rebuild(study_id, spec, {}, complete).study
+    target = None
+    if spec.multi_objective:
+        goals = spec.objective_list
+        target = _value_of(next(i for i, goal in enumerate(goals) if not goal.static))
     try:
         found = get_param_importances(
-            study, evaluator=FanovaImportanceEvaluator(seed=spec.sampler.seed)
+            study, evaluator=FanovaImportanceEvaluator(seed=spec.sampler.seed), target=target
         )
     except (RuntimeError, ValueError):
         # e.g. every finished trial has the same value: nothing to attribute.

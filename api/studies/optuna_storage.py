@@ -9,6 +9,7 @@ public lookups instead, so nothing here depends on Optuna's private names. Its t
 (tests/unit/api/test_optuna_storage.py) fails loudly if an upgrade changes these lookups.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,11 +36,18 @@ class StoredStudy:
         name: str,
         sampler: BaseSampler,
         pruner: BasePruner,
-        direction: Literal["minimize", "maximize"] | None,
+        direction: Literal["minimize", "maximize"] | None = None,
+        directions: Sequence[Literal["minimize", "maximize"]] | None = None,
     ) -> "StoredStudy":
+        """A study of one objective (`direction`), or of several (`directions`)."""
         storage = InMemoryStorage()
         study = optuna.create_study(
-            storage=storage, sampler=sampler, pruner=pruner, study_name=name, direction=direction
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            study_name=name,
+            direction=direction,
+            directions=directions,
         )
         return cls(study, storage)
 

@@ -1,7 +1,8 @@
 """What is known of a study's trials, read from the ledger: each trial's state (its job's
-status), its objective value and per-epoch values, its leaderboard row, and the study
-resource. A study costs three queries (trials, their jobs, their metrics) however many
-trials it has; a page of studies costs the same three plus one."""
+status), its objective values and per-epoch values, its leaderboard row, the front of a
+study of several objectives, and the study resource. A study costs three queries (trials,
+their jobs, their metrics) however many trials it has; a page of studies costs the same
+three plus one."""
 
 import statistics
 from collections import defaultdict
@@ -15,10 +16,12 @@ from sqlmodel import Session, col, func, select
 from api.core.models import EpochMetricRow, Job, JobStatus, Study, StudyStatus, TrialRow, as_utc
 from api.jobs.reads import newest_first
 from api.studies.optuna_bridge import TrialRecord, penalty
+from api.studies.pareto import front_ranks, on_front
 from api.studies.schemas import (
     ACTIVE_TRIAL_STATES,
     BestTrial,
     ConfirmedConfiguration,
+    ParetoTrial,
     StudyList,
     StudyPublic,
     TrialCounts,
@@ -46,8 +49,9 @@ class TrialView:
     row: TrialRow
     state: TrialState
     job: Job | None
-    # The objective metric by epoch, as the job reported it.
-    metric_by_epoch: dict[int, float] = field(default_factory=dict)
+    # Each epoch metric the study's objectives read, by epoch, as the job reported it. An
+    # epoch without it (a validation metric of a job that held nothing out) is left out.
+    metrics: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @property
     def number(self) -> int:
@@ -61,27 +65,67 @@ class TrialView:
     def active(self) -> bool:
         return self.state in ACTIVE_TRIAL_STATES
 
+    def static_value(self, metric: str) -> float | None:
+        """A count the analysis gave when the trial's job was admitted (none when it never
+        became a job)."""
+        if self.job is None or not isinstance(self.job.analysis.get(metric), int | float):
+            return None
+        return float(self.job.analysis[metric])
+
     def value(self, objective: Objective) -> float | None:
-        """The objective: the best epoch's metric, or the last epoch's."""
-        if not self.metric_by_epoch:
+        """The objective: the best epoch's metric, or the last epoch's; a static one's count."""
+        if objective.static:
+            return self.static_value(objective.metric)
+        by_epoch = self.metrics.get(objective.metric)
+        if not by_epoch:
             return None
         if objective.reduce == "last":
-            return self.metric_by_epoch[max(self.metric_by_epoch)]
-        values = self.metric_by_epoch.values()
+            return by_epoch[max(by_epoch)]
+        values = by_epoch.values()
         return max(values) if objective.maximize else min(values)
+
+    def values(self, objectives: Sequence[Objective]) -> list[float] | None:
+        """One value per objective, or None until every one of them has a value."""
+        found = [self.value(objective) for objective in objectives]
+        return None if None in found else [value for value in found if value is not None]
 
     def intermediate(self, objective: Objective) -> dict[int, float]:
         """The objective after each epoch, by epochs completed: the metric so far at its
         best (reduce best) or as it was that epoch (reduce last)."""
         steps: dict[int, float] = {}
         best: float | None = None
-        for epoch in sorted(self.metric_by_epoch):
-            value = self.metric_by_epoch[epoch]
+        by_epoch = self.metrics.get(objective.metric, {})
+        for epoch in sorted(by_epoch):
+            value = by_epoch[epoch]
             if objective.reduce == "best" and best is not None:
                 value = max(best, value) if objective.maximize else min(best, value)
             best = value
             steps[epoch + 1] = value
         return steps
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The test accuracy of the epoch of best validation accuracy (the job's best epoch),
+        reported beside what the study chose on; None when the job validated on nothing."""
+        if self.job is None or self.job.best_val_accuracy is None:
+            return None
+        return self.job.best_test_accuracy
+
+
+def epoch_metrics(spec: StudySpec) -> list[str]:
+    """The metrics rows' columns the study's objectives read."""
+    return [goal.metric for goal in spec.objective_list if not goal.static]
+
+
+def take_metrics(
+    metrics: dict[str, dict[int, float]], row: EpochMetricRow, columns: Sequence[str]
+) -> None:
+    """Adds a metrics row's values of `columns` to `metrics` (by column, then epoch); a
+    validation metric of a job that held nothing out is None, and left out."""
+    for column in columns:
+        value = getattr(row, column)
+        if value is not None:
+            metrics.setdefault(column, {})[row.epoch] = float(value)
 
 
 def _state(row: TrialRow, job: Job | None) -> TrialState:
@@ -98,7 +142,7 @@ def new_trial_view(row: TrialRow, job: Job | None = None) -> TrialView:
 def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[TrialView]]:
     """Every trial of `studies`, by study id, in trial order."""
     ids = [study.id for study in studies]
-    objectives = {study.id: study.parsed_spec().objective for study in studies}
+    columns = {study.id: epoch_metrics(study.parsed_spec()) for study in studies}
     views: dict[str, list[TrialView]] = {study_id: [] for study_id in ids}
     if not ids:
         return views
@@ -110,14 +154,13 @@ def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[Tr
         )
     )
     jobs = {job.id: job for job in session.exec(select(Job).where(col(Job.study_id).in_(ids)))}
-    metrics: dict[str, dict[int, float]] = defaultdict(dict)
+    metrics: dict[str, dict[str, dict[int, float]]] = defaultdict(dict)
     if jobs:
         for metric_row in session.exec(
             select(EpochMetricRow).where(col(EpochMetricRow.job_id).in_(list(jobs)))
         ):
             study_id = jobs[metric_row.job_id].study_id or ""
-            metric = objectives[study_id].metric
-            metrics[metric_row.job_id][metric_row.epoch] = float(getattr(metric_row, metric))
+            take_metrics(metrics[metric_row.job_id], metric_row, columns[study_id])
     for row in rows:
         job = jobs.get(row.job_id) if row.job_id else None
         views[row.study_id].append(
@@ -167,6 +210,8 @@ def metrics_after(session: Session, last_epochs: Mapping[str, int]) -> list[Epoc
 
 def optuna_records(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialRecord]:
     """The search trials as Optuna's samplers and pruners are told them."""
+    if spec.multi_objective:
+        return _multi_objective_records(spec, views)
     search = [view for view in views if view.is_search]
     finished = [
         value
@@ -177,7 +222,7 @@ def optuna_records(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialRec
     for view in search:
         value = view.value(spec.objective)
         if view.state == TrialState.infeasible:
-            value = penalty(spec, finished)
+            value = penalty(spec.objective, finished)
         records.append(
             TrialRecord(
                 number=view.number,
@@ -186,23 +231,81 @@ def optuna_records(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialRec
                 value=value,
                 intermediate=view.intermediate(spec.objective),
                 system_attrs=view.row.system_attrs,
+                succeeded=view.state == TrialState.succeeded,
             )
         )
     return records
 
 
-def trial_public(view: TrialView, objective: Objective) -> TrialPublic:
+def _multi_objective_records(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialRecord]:
+    """The search trials of a study of several objectives, as its samplers are told them.
+
+    A pruned trial is told as a complete one, with its values at the epoch it stopped (its
+    static objectives' counts, its epoch objectives so far). Optuna's multi-objective
+    samplers learn from complete trials and stumble on pruned ones, which carry no values
+    there: TPE ranks a pruned trial by its last intermediate value under `study.direction`,
+    which a study of several directions refuses (optuna#5260), and NSGA-II fills its
+    generations with complete trials alone, so a study whose trials are mostly pruned would
+    stay in its first, random generation (optuna#2853). Told as complete, a pruned trial is
+    a point the sampler learns from, and a pessimistic one (it was stopped for being
+    dominated, on its way up), which steers the sampler away from it as the pruner meant
+    to. A pruned trial without a value of every objective is told as failed: samplers skip
+    it.
+
+    An infeasible trial is told as complete with its constraint violations, as in a study of
+    one objective: TPE and NSGA-II rank it below every feasible trial by those, and its
+    values (the worst seen of each objective) never reach a front. Random, grid and QMC
+    sampling read neither.
+
+    Only succeeded trials make the front (pareto_trials); what is told here is for sampling
+    alone."""
+    goals = spec.objective_list
+    search = [view for view in views if view.is_search]
+    finished = [
+        values
+        for view in search
+        if view.state == TrialState.succeeded and (values := view.values(goals)) is not None
+    ]
+    worst = [
+        penalty(goal, [values[index] for values in finished]) for index, goal in enumerate(goals)
+    ]
+    records = []
+    for view in search:
+        state = OPTUNA_STATES[view.state]
+        values = view.values(goals)
+        if view.state == TrialState.pruned:
+            state = OptunaState.COMPLETE if values is not None else OptunaState.FAIL
+        elif view.state == TrialState.infeasible:
+            values = worst
+        records.append(
+            TrialRecord(
+                number=view.number,
+                state=state,
+                params=view.row.params,
+                values=values,
+                system_attrs=view.row.system_attrs,
+                succeeded=view.state == TrialState.succeeded,
+            )
+        )
+    return records
+
+
+def trial_public(view: TrialView, spec: StudySpec, pareto_rank: int | None = None) -> TrialPublic:
     reason = view.row.reason
     if view.job is not None:
         if view.job.pruned_reason:
             reason = view.job.pruned_reason
         elif view.job.error:
             reason = str(view.job.error.get("message", ""))
+    goals = spec.objective_list
     return TrialPublic(
         number=view.number,
         state=view.state,
         params=view.row.params,
-        value=view.value(objective),
+        value=None if spec.multi_objective else view.value(spec.objective),
+        values=view.values(goals),
+        test_accuracy=view.test_accuracy,
+        pareto_rank=pareto_rank,
         epochs_completed=view.job.epochs_completed if view.job else 0,
         job_id=view.row.job_id,
         reason=reason,
@@ -213,18 +316,82 @@ def trial_public(view: TrialView, objective: Objective) -> TrialPublic:
     )
 
 
+def _front_candidates(
+    spec: StudySpec, views: Sequence[TrialView]
+) -> list[tuple[TrialView, list[float]]]:
+    """The trials a front is made of: the search trials that succeeded with a value of every
+    objective (a pruned trial's values are those of an unfinished run; a confirmation run
+    repeats a trial)."""
+    goals = spec.objective_list
+    return [
+        (view, values)
+        for view in views
+        if view.is_search
+        and view.state == TrialState.succeeded
+        and (values := view.values(goals)) is not None
+    ]
+
+
+def pareto_ranks(spec: StudySpec, views: Sequence[TrialView]) -> dict[int, int]:
+    """Each front candidate's non-domination rank (0: on the front), by trial number."""
+    candidates = _front_candidates(spec, views)
+    ranks = front_ranks([values for _, values in candidates], spec.objective_list)
+    return {view.number: rank for (view, _), rank in zip(candidates, ranks, strict=True)}
+
+
+def _best_first(
+    spec: StudySpec, values: Sequence[float] | None, number: int
+) -> tuple[bool, float, int]:
+    """A sort key: by the first objective, best first, then by number; no values last."""
+    if values is None:
+        return (True, 0.0, number)
+    sign = -1 if spec.objective_list[0].maximize else 1
+    return (False, sign * values[0], number)
+
+
+def pareto_trials(spec: StudySpec, views: Sequence[TrialView]) -> list[ParetoTrial]:
+    """The non-dominated search trials, by the first objective, best first."""
+    candidates = _front_candidates(spec, views)
+    front = on_front([values for _, values in candidates], spec.objective_list)
+    trials = [
+        ParetoTrial(
+            number=view.number,
+            job_id=view.row.job_id or "",
+            params=view.row.params,
+            values=values,
+            test_accuracy=view.test_accuracy,
+        )
+        for (view, values), kept in zip(candidates, front, strict=True)
+        if kept
+    ]
+    return sorted(trials, key=lambda t: _best_first(spec, t.values, t.number))
+
+
 def leaderboard(study: Study, views: Sequence[TrialView], order: str = "number") -> TrialList:
-    objective = study.parsed_spec().objective
-    items = [trial_public(view, objective) for view in views]
-    if order == "value":
-        # Best first; trials without a value yet come last, in number order.
-        sign = -1 if objective.maximize else 1
-        items.sort(key=lambda t: (t.value is None, sign * (t.value or 0.0), t.number))
+    spec = study.parsed_spec()
+    ranks = pareto_ranks(spec, views) if spec.multi_objective else {}
+    items = [trial_public(view, spec, ranks.get(view.number)) for view in views]
+    if order == "value" or (order == "pareto" and not spec.multi_objective):
+        # Best first (by the first objective); trials without a value yet come last, in
+        # number order. A study of one objective has a front of its best trial.
+        items.sort(key=lambda t: _best_first(spec, t.values, t.number))
+    elif order == "pareto":
+        # The front first, then each front of what is left; within one, by the first
+        # objective. Trials on no front (unfinished, pruned, infeasible, confirmation runs)
+        # come after, in number order.
+        items.sort(
+            key=lambda t: (
+                t.pareto_rank is None,
+                t.pareto_rank or 0,
+                *_best_first(spec, t.values if t.pareto_rank is not None else None, t.number),
+            )
+        )
     return TrialList(study_id=study.id, items=items)
 
 
 def ranked_search_trials(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialView]:
-    """The succeeded search trials, best first (ties: the earlier trial)."""
+    """The succeeded search trials, best first by the (first) objective (ties: the earlier
+    trial)."""
     sign = -1 if spec.objective.maximize else 1
     done = [
         v
@@ -277,15 +444,19 @@ def counts(views: Sequence[TrialView]) -> TrialCounts:
 
 def study_public(study: Study, views: Sequence[TrialView]) -> StudyPublic:
     spec = study.parsed_spec()
-    ranked = ranked_search_trials(spec, views)
-    best = None
-    if ranked and (value := ranked[0].value(spec.objective)) is not None and ranked[0].job:
-        best = BestTrial(
-            trial=ranked[0].number,
-            job_id=ranked[0].job.id,
-            params=ranked[0].row.params,
-            value=value,
-        )
+    best = pareto = None
+    if spec.multi_objective:
+        pareto = pareto_trials(spec, views)
+    else:
+        ranked = ranked_search_trials(spec, views)
+        if ranked and (value := ranked[0].value(spec.objective)) is not None and ranked[0].job:
+            best = BestTrial(
+                trial=ranked[0].number,
+                job_id=ranked[0].job.id,
+                params=ranked[0].row.params,
+                value=value,
+                test_accuracy=ranked[0].test_accuracy,
+            )
     return StudyPublic(
         id=study.id,
         name=study.name,
@@ -295,6 +466,7 @@ def study_public(study: Study, views: Sequence[TrialView]) -> StudyPublic:
         finished_at=as_utc(study.finished_at),
         trials=counts(views),
         best=best,
+        pareto=pareto,
         importances=study.importances,
         confirmed=confirmed(spec, views),
         error=JobError.model_validate(study.error) if study.error else None,

@@ -76,10 +76,10 @@ def get_study(study: StudyDep, session: SessionDep) -> StudyPublic:
 def list_trials(
     study: StudyDep,
     session: SessionDep,
-    order: Annotated[Literal["number", "value"], Query()] = "number",
+    order: Annotated[Literal["number", "value", "pareto"], Query()] = "number",
 ) -> TrialList:
-    """The leaderboard: every trial with its state, parameters and value; `order=value`
-    puts the best first."""
+    """The leaderboard: every trial with its state, parameters and values; `order=value`
+    puts the best first (by the first objective), `order=pareto` the front first."""
     return leaderboard(study, study_trials(session, study), order)
 
 

@@ -35,11 +35,30 @@ class TrialCounts(BaseModel):
     cancelled: int = 0
 
 
+# What the test accuracy beside a trial's values is, wherever one is shown.
+TEST_ACCURACY = (
+    "The test accuracy of its epoch of best validation accuracy (its job's `best`), for "
+    "reporting: a study never chooses on test data. Null when its job validated on nothing"
+)
+
+
 class BestTrial(BaseModel):
     trial: int
     job_id: str
     params: dict[str, Any]
     value: float
+    test_accuracy: float | None = Field(default=None, description=TEST_ACCURACY)
+
+
+class ParetoTrial(BaseModel):
+    """A trial of the front: no other succeeded search trial is as good on every objective
+    and better on one."""
+
+    number: int
+    job_id: str
+    params: dict[str, Any]
+    values: list[float] = Field(description="One per objective, in the order of `objectives`")
+    test_accuracy: float | None = Field(default=None, description=TEST_ACCURACY)
 
 
 class ConfirmedConfiguration(BaseModel):
@@ -57,7 +76,20 @@ class TrialPublic(BaseModel):
     state: TrialState
     params: dict[str, Any]
     value: float | None = Field(
-        description="The objective so far: the best or last epoch's metric (see objective)"
+        description="The objective so far: the best or last epoch's metric (see objective); "
+        "null in a study of several objectives, whose trials give `values`"
+    )
+    values: list[float] | None = Field(
+        default=None,
+        description="One value per objective (in the order of `objectives`) once each has "
+        "one: a static objective's count, an epoch objective's best or last epoch so far",
+    )
+    test_accuracy: float | None = Field(default=None, description=TEST_ACCURACY)
+    pareto_rank: int | None = Field(
+        default=None,
+        description="In the leaderboard of a study of several objectives: 0 for a trial on "
+        "the front (the study's `pareto`), 1 on the front of the rest, and so on; null for "
+        "trials that did not succeed, confirmation runs, and studies of one objective",
     )
     epochs_completed: int
     job_id: str | None = Field(description="None when the trial was infeasible")
@@ -85,9 +117,17 @@ class StudyPublic(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     trials: TrialCounts
-    best: BestTrial | None
+    best: BestTrial | None = Field(
+        description="The best succeeded search trial; null for a study of several objectives"
+    )
+    pareto: list[ParetoTrial] | None = Field(
+        default=None,
+        description="A study of several objectives: its non-dominated succeeded search "
+        "trials, by the first objective, best first (null for a study of one objective)",
+    )
     importances: dict[str, float] | None = Field(
-        description="fANOVA importance of each parameter, once enough trials succeeded"
+        description="fANOVA importance of each parameter, once enough trials succeeded (for "
+        "several objectives: for the first one measured by training)"
     )
     confirmed: list[ConfirmedConfiguration] | None = Field(
         description="With `confirm`: the top configurations ranked by their mean over seeds"

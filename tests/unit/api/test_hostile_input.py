@@ -285,7 +285,7 @@ class TestStudyStreamReads:
         attempts = {job_id: worker.attempt(job_id) for job_id in (first, second)}
         for job_id in (first, second):
             for epoch in range(2):
-                worker.post_epoch(job_id, attempts[job_id], epoch)
+                worker.post_epoch(job_id, attempts[job_id], epoch, val_accuracy=0.9)
         sent = StreamState()
 
         def poll() -> tuple[list[tuple[str, dict]], dict[str, int]]:
@@ -302,7 +302,7 @@ class TestStudyStreamReads:
             events, loaded = poll()
             assert events == [] and "EpochMetricRow" not in loaded
 
-            worker.post_epoch(first, attempts[first], 2)
+            worker.post_epoch(first, attempts[first], 2, val_accuracy=0.9)
             events, loaded = poll()
             assert loaded["EpochMetricRow"] == 1
             (name, trial), *_ = events

@@ -63,12 +63,13 @@ def trials_of(client: TestClient, auth: dict[str, str], study_id: str) -> list[d
 
 
 def train_queued(calls: WorkerCalls, dispatcher: RecordingDispatcher, done: set[str]) -> None:
-    """Plays the worker: every job sent and not yet trained succeeds, epoch by epoch."""
+    """Plays the worker: every job sent and not yet trained succeeds, epoch by epoch,
+    validating on the images its study holds out."""
     for job_id in [job_id for job_id in dispatcher.sent if job_id not in done]:
         done.add(job_id)
         attempt = calls.attempt(job_id)
         for epoch in range(QUICK_BASE["epochs"]):
-            calls.post_epoch(job_id, attempt, epoch)
+            calls.post_epoch(job_id, attempt, epoch, val_accuracy=0.9, val_loss=0.3)
         calls.finish(job_id, attempt)
 
 
