@@ -8,7 +8,8 @@ What the file holds:
 
 - one Optuna study, named as the Tunelab study is (its id when it has no name), with the
   objective's direction, the metric's name (`set_metric_names`) and, as user attrs, the
-  Tunelab study id, status and objective;
+  Tunelab study id, status and objective; a study of several objectives is an Optuna study
+  of several directions, one metric name each (the dashboard draws its Pareto front);
 - one Optuna trial per Tunelab trial, in number order, so Optuna's numbers are Tunelab's.
   Params and distributions come from the study's `spec.space`; a categorical choice is held as
   `shared.study_spec.encode_choice` encodes it (JSON text for objects and lists), exactly as
@@ -20,7 +21,11 @@ What the file holds:
 - intermediate values: the objective's metric at each epoch, at step epoch + 1 (epochs
   completed, the steps of api/studies/optuna_bridge.py), from the job's metrics. For `reduce: best`
   the API's pruner is told the best value so far; the file holds the metric itself, the
-  learning curve a user expects in the dashboard;
+  learning curve a user expects in the dashboard. An epoch without the metric (validation
+  of a job that held nothing out) has none;
+- several objectives: a succeeded trial is COMPLETE with its `values`; a pruned one is PRUNED
+  without values and without intermediate values, as Optuna keeps a pruned trial of such a
+  study (its values when it stopped are the user attr `values_at_stop`);
 - user attrs on each trial: `tunelab_trial` (its number), `job_id`, `state` (Tunelab's),
   `reason`, `confirms` and `seed`.
 
@@ -73,8 +78,18 @@ def study_name(study: Mapping[str, Any]) -> str:
 
 
 def intermediate_values(metric: str, rows: Sequence[Mapping[str, Any]]) -> dict[int, float]:
-    """The metric by epochs completed: epoch 0's value at step 1."""
-    return {int(row["epoch"]) + 1: float(row[metric]) for row in rows}
+    """The metric by epochs completed: epoch 0's value at step 1; epochs without it left out."""
+    return {
+        int(row["epoch"]) + 1: float(row[metric]) for row in rows if row.get(metric) is not None
+    }
+
+
+def objectives_of(spec: Mapping[str, Any]) -> list[Objective]:
+    """The study's objectives: `objectives`, or `objective` alone."""
+    return [
+        Objective.model_validate(objective)
+        for objective in spec.get("objectives") or [spec.get("objective", {})]
+    ]
 
 
 def optuna_trial(
@@ -82,8 +97,10 @@ def optuna_trial(
     metric: str,
     trial: Mapping[str, Any],
     metric_rows: Sequence[Mapping[str, Any]],
+    objectives: int = 1,
 ) -> FrozenTrial:
-    """One Tunelab trial (a row of GET /v1/studies/{id}/trials) as an Optuna trial."""
+    """One Tunelab trial (a row of GET /v1/studies/{id}/trials) as an Optuna trial of a study
+    of `objectives` objectives (`metric` is the first)."""
     params = {
         path: encode_choice(value) if isinstance(space[path], CategoricalDistribution) else value
         for path, value in trial["params"].items()
@@ -91,8 +108,31 @@ def optuna_trial(
     distributions: dict[str, BaseDistribution] = {
         path: optuna_distribution(space[path]) for path in params
     }
-    intermediate = intermediate_values(metric, metric_rows)
     state = STATES[trial["state"]]
+    user_attrs = {
+        "tunelab_trial": trial["number"],
+        "job_id": trial.get("job_id"),
+        "state": trial["state"],
+        "reason": trial.get("reason"),
+        "confirms": trial.get("confirms"),
+        "seed": trial.get("seed"),
+    }
+    if objectives > 1:
+        values = trial.get("values")
+        if state == TrialState.COMPLETE and values is None:
+            state = TrialState.FAIL  # succeeded without a value of every objective
+        if state == TrialState.PRUNED:
+            user_attrs["values_at_stop"] = values
+        frozen = create_trial(
+            state=state,
+            values=values if state == TrialState.COMPLETE else None,
+            params=params,
+            distributions=distributions,
+            user_attrs=user_attrs,
+        )
+        _keep_times(frozen, trial)
+        return frozen
+    intermediate = intermediate_values(metric, metric_rows)
     value = trial.get("value")
     if state == TrialState.PRUNED and intermediate:
         value = intermediate[max(intermediate)]
@@ -104,14 +144,7 @@ def optuna_trial(
         params=params,
         distributions=distributions,
         intermediate_values=intermediate,
-        user_attrs={
-            "tunelab_trial": trial["number"],
-            "job_id": trial.get("job_id"),
-            "state": trial["state"],
-            "reason": trial.get("reason"),
-            "confirms": trial.get("confirms"),
-            "seed": trial.get("seed"),
-        },
+        user_attrs=user_attrs,
     )
     _keep_times(frozen, trial)
     return frozen
@@ -152,16 +185,22 @@ def write_study(
         raise FileExistsError(f"{path} exists")
     spec = study["spec"]
     space = {key: _DISTRIBUTION.validate_python(value) for key, value in spec["space"].items()}
-    objective = Objective.model_validate(spec.get("objective", {}))
+    objectives = objectives_of(spec)
     frozen = [
-        optuna_trial(space, objective.metric, trial, metrics.get(trial.get("job_id") or "", []))
+        optuna_trial(
+            space,
+            objectives[0].metric,
+            trial,
+            metrics.get(trial.get("job_id") or "", []),
+            len(objectives),
+        )
         for trial in sorted(trials, key=lambda t: int(t["number"]))
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside it, then renamed: a failed export leaves no half-written study behind.
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        _write(partial, study, objective, frozen)
+        _write(partial, study, objectives, frozen)
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} exists")
         os.replace(partial, path)
@@ -171,18 +210,27 @@ def write_study(
 
 
 def _write(
-    path: Path, study: Mapping[str, Any], objective: Objective, trials: Sequence[FrozenTrial]
+    path: Path,
+    study: Mapping[str, Any],
+    objectives: Sequence[Objective],
+    trials: Sequence[FrozenTrial],
 ) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exported = optuna.create_study(
-        storage=journal_storage(path), study_name=study_name(study), direction=objective.direction
+        storage=journal_storage(path),
+        study_name=study_name(study),
+        directions=[objective.direction or "maximize" for objective in objectives],
     )
     with warnings.catch_warnings():
         # Experimental in Optuna since 3.2, and what the dashboard's axes are named by.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        exported.set_metric_names([objective.metric])
+        exported.set_metric_names([objective.metric for objective in objectives])
     exported.set_user_attr("tunelab_study_id", study["id"])
     exported.set_user_attr("tunelab_status", study.get("status"))
-    exported.set_user_attr("objective", objective.model_dump(mode="json"))
+    exported.set_user_attr("objective", objectives[0].model_dump(mode="json"))
+    if len(objectives) > 1:
+        exported.set_user_attr(
+            "objectives", [objective.model_dump(mode="json") for objective in objectives]
+        )
     for trial in trials:
         exported.add_trial(trial)

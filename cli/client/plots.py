@@ -5,6 +5,10 @@ Training jobs get three panels, loss, accuracy and learning rate per epoch, trai
 validation dotted (for jobs that hold images out) and test solid, one colour per job. An LR
 range test gets its loss-versus-lr curve on a log axis, the raw loss faint under the smoothed
 one, with its suggestion marked.
+
+`tunelab study plot` draws a study of several objectives: each trial's epoch objective
+(accuracy) against its static one (parameters), the front joined and marked in FRONT_COLOUR,
+each of its trials numbered.
 """
 
 import math
@@ -21,6 +25,9 @@ from cli.client.job_views import format_lr, label, lr_range_result
 
 PANEL_INCHES = (5.0, 4.0)
 DPI = 100
+FRONT_INCHES = (7.0, 5.0)
+FRONT_COLOUR = "#d62728"
+STATIC_METRICS = ("parameters", "multiply_adds")
 
 
 @dataclass(frozen=True)
@@ -133,5 +140,74 @@ def plot(curves: Sequence[Curves], output: Path) -> None:
         _training(panels[:3], training, [colour_of[id(job)] for job in training])
     if ranges:
         _lr_range(panels[-1], ranges, [colour_of[id(job)] for job in ranges])
+    figure.tight_layout()
+    figure.savefig(output)
+
+
+def front_axes(objectives: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """Which objectives a front is drawn against: x, the first static objective (parameters,
+    multiply-adds) or else the second objective; y, the first measured by training."""
+    metrics = [str(objective["metric"]) for objective in objectives]
+    y = next(i for i, metric in enumerate(metrics) if metric not in STATIC_METRICS)
+    static = [i for i, metric in enumerate(metrics) if metric in STATIC_METRICS]
+    x = static[0] if static else next(i for i in range(len(metrics)) if i != y)
+    return x, y
+
+
+def plot_front(
+    objectives: Sequence[Mapping[str, Any]],
+    trials: Sequence[Mapping[str, Any]],
+    front: Sequence[Mapping[str, Any]],
+    output: Path,
+    title: str,
+) -> None:
+    """Draws every trial with values (GET /v1/studies/{id}/trials) as a point, pruned ones
+    hollow at the values they stopped with, and the front (the study's `pareto`) joined and
+    marked, into `output`."""
+    if len(objectives) < 2:
+        raise ValueError("a front needs two objectives or more; this study has one")
+    x, y = front_axes(objectives)
+    scored = [t for t in trials if t.get("values") and t.get("confirms") is None]
+    if not scored:
+        raise ValueError("no trial has a value of every objective yet")
+    figure = Figure(figsize=FRONT_INCHES, dpi=DPI)
+    axes = figure.subplots()
+    axes.set_title(title)
+    axes.set_xlabel(f"{objectives[x]['metric']} ({objectives[x]['direction']})")
+    axes.set_ylabel(f"{objectives[y]['metric']} ({objectives[y]['direction']})")
+    axes.grid(True, alpha=0.3)
+    # Succeeded trials filled; pruned ones hollow, at the values they stopped with.
+    for state, fill in (("succeeded", "C0"), ("pruned", "none")):
+        points = [t["values"] for t in scored if t["state"] == state]
+        if points:
+            axes.scatter(
+                [p[x] for p in points],
+                [p[y] for p in points],
+                facecolors=fill,
+                edgecolors="C0",
+                label=f"{state} ({len(points)})",
+            )
+    ends = sorted(front, key=lambda t: (t["values"][x], t["values"][y]))
+    if ends:
+        axes.plot(
+            [t["values"][x] for t in ends],
+            [t["values"][y] for t in ends],
+            "-o",
+            color=FRONT_COLOUR,
+            label=f"front ({len(ends)})",
+        )
+        for trial in ends:
+            axes.annotate(
+                str(trial["number"]),
+                (trial["values"][x], trial["values"][y]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize="small",
+                color=FRONT_COLOUR,
+            )
+    xs = [t["values"][x] for t in scored]
+    if min(xs) > 0 and max(xs) / min(xs) > 20:
+        axes.set_xscale("log")
+    axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(output)

@@ -10,7 +10,13 @@ import typer
 from cli.client.documents import AsJson, print_document, print_json, read_json
 from cli.client.formatting import console
 from cli.client.http_client import connect, job_path, study_path
-from cli.client.study_views import format_counts, study_view, trials_table
+from cli.client.study_views import (
+    format_counts,
+    is_multi_objective,
+    objectives_of,
+    study_view,
+    trials_table,
+)
 from cli.client.study_watch import follow
 from cli.errors import CommandFailed
 
@@ -20,6 +26,7 @@ app = typer.Typer(help="hyperparameter studies", no_args_is_help=True)
 class Order(StrEnum):
     number = "number"
     value = "value"
+    pareto = "pareto"
 
 
 StudyId = Annotated[str, typer.Argument(metavar="ID", help="the study's id")]
@@ -52,7 +59,7 @@ def create(
 
 @app.command("show")
 def show(study_id: StudyId, as_json: AsJson = False) -> None:
-    """One study: status, trial counts, best trial, importances, confirmed ranking."""
+    """One study: status, trial counts, best trial (or front), importances, confirmed."""
     with connect() as client:
         study = client.get(study_path(study_id))
     print_document(study, as_json, study_view)
@@ -62,7 +69,11 @@ def show(study_id: StudyId, as_json: AsJson = False) -> None:
 def trials(
     study_id: StudyId,
     order: Annotated[
-        Order, typer.Option(help="`value`: the best first; `number`: in the order sampled")
+        Order,
+        typer.Option(
+            help="`value`: the best first; `pareto`: the front first; `number`: in the "
+            "order sampled"
+        ),
     ] = Order.number,
     as_json: AsJson = False,
 ) -> None:
@@ -123,3 +134,31 @@ def export(
         raise CommandFailed(f"{output} exists; pass --force to replace it") from None
     print(f"wrote study {study_name(study)} ({study['status']}, {count} trials) to {output}")
     print(f"open it with: optuna-dashboard {output}")
+
+
+@app.command("plot")
+def plot(
+    study_id: StudyId,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", metavar="FILE.png", help="the image to write")
+    ],
+) -> None:
+    """Draw a study of several objectives: accuracy against parameters, the front marked."""
+    # matplotlib takes a moment to import: only this command pays for it.
+    from cli.client.plots import plot_front
+
+    with connect() as client:
+        study = client.get(study_path(study_id))
+        if not is_multi_objective(study):
+            raise CommandFailed(
+                f"study {study_id} has one objective: `study plot` draws the front of a study "
+                "of several (plot its trials' jobs with `tunelab plot JOB...`)"
+            )
+        listed = client.get(study_path(study_id, "trials"), params={"order": "pareto"})["items"]
+    front = study.get("pareto") or []
+    title = f"study {study.get('name') or study_id}: front of {len(front)}"
+    try:
+        plot_front(objectives_of(study), listed, front, output, title)
+    except ValueError as error:
+        raise CommandFailed(f"study {study_id}: {error}") from None
+    print(f"wrote {output}")

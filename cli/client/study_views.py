@@ -46,8 +46,52 @@ def format_counts(counts: Mapping[str, int]) -> str:
     return f"{counts.get('total', 0)} total" + (f": {', '.join(parts)}" if parts else "")
 
 
+STATIC_METRICS = ("parameters", "multiply_adds")
+
+
 def metric_of(study: Mapping[str, Any]) -> str:
-    return str(study["spec"]["objective"]["metric"])
+    """The (first) objective's metric."""
+    return str(objectives_of(study)[0]["metric"])
+
+
+def objectives_of(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The study's objectives in order: `objectives`, or `objective` alone (as a study
+    stored before `objectives` existed has it)."""
+    spec = study["spec"]
+    return list(spec.get("objectives") or [spec["objective"]])
+
+
+def is_multi_objective(study: Mapping[str, Any]) -> bool:
+    return len(objectives_of(study)) > 1
+
+
+def format_metric(metric: str, value: float | None) -> str:
+    """A value as its metric reads best: a count whole, with thousands separated."""
+    if value is not None and metric in STATIC_METRICS:
+        return f"{value:,.0f}"
+    return format_value(value)
+
+
+def format_values(objectives: Sequence[Mapping[str, Any]], values: Sequence[float] | None) -> str:
+    """`val_accuracy 0.9512, parameters 7,014`; a dash for each value not known yet."""
+    known = list(values) if values else [None] * len(objectives)
+    return ", ".join(
+        f"{objective['metric']} {format_metric(objective['metric'], value)}"
+        for objective, value in zip(objectives, known, strict=False)
+    )
+
+
+def format_objective(objective: Mapping[str, Any]) -> str:
+    if objective["metric"] in STATIC_METRICS:
+        return f"{objective['direction']} {objective['metric']}"
+    return f"{objective['direction']} {objective['metric']} ({objective['reduce']} epoch)"
+
+
+def trial_result(study: Mapping[str, Any], trial: Mapping[str, Any]) -> str:
+    """What a trial scored: its objective (or each of its objectives)."""
+    if is_multi_objective(study):
+        return format_values(objectives_of(study), trial.get("values"))
+    return f"{metric_of(study)} {format_value(trial.get('value'))}"
 
 
 def planned_epochs(study: Mapping[str, Any], params: Mapping[str, Any]) -> int | None:
@@ -101,19 +145,45 @@ def _confirmed(metric: str, confirmed: Sequence[Mapping[str, Any]]) -> Table:
     return table
 
 
+def front_table(
+    objectives: Sequence[Mapping[str, Any]], front: Sequence[Mapping[str, Any]]
+) -> Table:
+    """The Pareto front, a row per trial: its values, its test accuracy, its params."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("trial", justify="right", no_wrap=True)
+    for objective in objectives:
+        table.add_column(objective["metric"], justify="right", no_wrap=True)
+    table.add_column("test_accuracy", justify="right", no_wrap=True)
+    table.add_column("params", overflow="fold")
+    for trial in front:
+        table.add_row(
+            str(trial["number"]),
+            *[
+                format_metric(objective["metric"], value)
+                for objective, value in zip(objectives, trial["values"], strict=False)
+            ],
+            format_value(trial.get("test_accuracy")),
+            format_params(trial["params"], "\n"),
+        )
+    return table
+
+
 def study_view(study: Mapping[str, Any]) -> RenderableType:
-    """The study resource for a person: status, counts, best trial, importances, and the
-    confirmed ranking."""
+    """The study resource for a person: status, counts, best trial (or the front of a study
+    of several objectives), importances, and the confirmed ranking."""
     spec = study["spec"]
-    objective = spec["objective"]
-    metric = objective["metric"]
+    objectives = objectives_of(study)
+    metric = metric_of(study)
     title = show_title("study", study)
     grid = show_grid()
     grid.add_row("created", format_time(study["created_at"]))
     if study.get("finished_at"):
         took = format_duration(study["created_at"], study["finished_at"])
         grid.add_row("finished", f"{format_time(study['finished_at'])} (after {took})")
-    grid.add_row("objective", f"{objective['direction']} {metric} ({objective['reduce']} epoch)")
+    grid.add_row(
+        "objectives" if len(objectives) > 1 else "objective",
+        "\n".join(format_objective(objective) for objective in objectives),
+    )
     pruner = "no" if spec["pruner"]["name"] == "none" else spec["pruner"]["name"]
     grid.add_row(
         "search",
@@ -122,9 +192,14 @@ def study_view(study: Mapping[str, Any]) -> RenderableType:
     )
     grid.add_row("trials", format_counts(study["trials"]))
     best = study.get("best")
-    if best:
-        lines = [f"trial {best['trial']}: {metric} {format_value(best['value'])}"]
-        lines += [f"  {path} = {format_param(v)}" for path, v in best["params"].items()]
+    if len(objectives) > 1:
+        front = study.get("pareto")
+        grid.add_row("front", front_table(objectives, front) if front else "none yet")
+    elif best:
+        line = f"trial {best['trial']}: {metric} {format_value(best['value'])}"
+        if best.get("test_accuracy") is not None:
+            line += f" (test_accuracy {format_value(best['test_accuracy'])})"
+        lines = [line, *[f"  {path} = {format_param(v)}" for path, v in best["params"].items()]]
         grid.add_row("best", "\n".join(lines))
     else:
         grid.add_row("best", "none yet")
@@ -145,11 +220,18 @@ def study_view(study: Mapping[str, Any]) -> RenderableType:
 
 
 def trials_table(study: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> Table:
-    """The leaderboard: number, state, value, epochs, params, reason."""
+    """The leaderboard: number, state, each objective, the test accuracy reported beside
+    them, epochs, params, reason; a study of several objectives marks its front."""
+    objectives = objectives_of(study)
+    multi = len(objectives) > 1
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("trial", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
-    table.add_column(metric_of(study), justify="right", no_wrap=True)
+    for objective in objectives:
+        table.add_column(objective["metric"], justify="right", no_wrap=True)
+    table.add_column("test_accuracy", justify="right", no_wrap=True)
+    if multi:
+        table.add_column("front", justify="center", no_wrap=True)
     table.add_column("epochs", justify="right", no_wrap=True)
     # Folded, never cut: a parameter's value is data (an object choice is one long word).
     table.add_column("params", overflow="fold")
@@ -157,10 +239,22 @@ def trials_table(study: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) 
     for trial in trials:
         planned = planned_epochs(study, trial["params"])
         epochs = f"{trial['epochs_completed']}/{planned}" if planned else trial["epochs_completed"]
+        if multi:
+            values = trial.get("values") or [None] * len(objectives)
+            shown = [
+                format_metric(objective["metric"], value)
+                for objective, value in zip(objectives, values, strict=False)
+            ]
+            shown += [
+                format_value(trial.get("test_accuracy")),
+                "*" if trial.get("pareto_rank") == 0 else "",
+            ]
+        else:
+            shown = [format_value(trial.get("value")), format_value(trial.get("test_accuracy"))]
         table.add_row(
             str(trial["number"]),
             styled_state(trial["state"]),
-            format_value(trial.get("value")),
+            *shown,
             str(epochs),
             format_params(trial["params"], "\n"),
             trial_note(trial),
@@ -180,7 +274,6 @@ def event_line(
     trial = event.data
     if event.event == "status" or not isinstance(trial, dict) or "number" not in trial:
         return None
-    metric = metric_of(study)
     line = Text(f"trial {trial['number']} ")
     state = trial.get("state", "")
     epochs = trial.get("epochs_completed", 0)
@@ -194,12 +287,11 @@ def event_line(
     elif event.event == "epoch":
         planned = planned_epochs(study, trial["params"])
         of = f"/{planned}" if planned else ""
-        line.append(f"epoch {epochs}{of}: {metric} {format_value(trial.get('value'))}")
+        line.append(f"epoch {epochs}{of}: {trial_result(study, trial)}")
     elif event.event in ("trial_pruned", "trial_finished"):
         line.append_text(styled_state(state))
         if state == "succeeded":
-            value = format_value(trial.get("value"))
-            line.append(f": {metric} {value} after {plural(epochs, 'epoch')}")
+            line.append(f": {trial_result(study, trial)} after {plural(epochs, 'epoch')}")
         if trial.get("reason"):
             line.append(f": {trial['reason']}")
         elif state == "pruned":
@@ -215,11 +307,15 @@ def summary_line(study: Mapping[str, Any]) -> Text:
     line = state_line("study", study["id"], study["status"])
     line.append(f"; trials {format_counts(study['trials'])}")
     best = study.get("best")
+    front = study.get("pareto")
     if best:
         line.append(
             f"; best trial {best['trial']}, {metric_of(study)} {format_value(best['value'])} "
             f"with {format_params(best['params'])}"
         )
+    elif front:
+        numbers = ", ".join(str(trial["number"]) for trial in front)
+        line.append(f"; front of {plural(len(front), 'trial')}: {numbers}")
     if study.get("error"):
         line.append(f"; {study['error'].get('message', '')}")
     return line

@@ -225,9 +225,83 @@ class TestTimes:
         assert (second.datetime_start - first.datetime_start).total_seconds() == 360
 
 
+TWO_OBJECTIVES = [
+    {"metric": "val_accuracy", "direction": "maximize"},
+    {"metric": "parameters", "direction": "minimize"},
+]
+
+
+class TestSeveralObjectives:
+    def test_both_directions_and_metric_names_and_each_trials_values(self, tmp_path):
+        study = study_json(spec={"objective": TWO_OBJECTIVES[0], "objectives": TWO_OBJECTIVES})
+        trials = [
+            trial_json(0, "succeeded", values=[0.93, 7014.0], epochs_completed=3),
+            trial_json(1, "succeeded", values=[0.95, 7998.0], epochs_completed=3),
+            trial_json(2, "pruned", values=[0.41, 7342.0], epochs_completed=1, reason="pareto"),
+            trial_json(3, "infeasible", reason="breaks max_parameters"),
+            trial_json(4, "succeeded", values=[0.90, 7998.0], epochs_completed=3),
+        ]
+        rows = [{"epoch": 0, "val_accuracy": 0.41, "test_accuracy": 0.4}]
+        path = export(tmp_path, study, trials, {"job_2": rows})
+        with loaded(path, "lr-sched") as exported:
+            assert exported.directions == [
+                optuna.study.StudyDirection.MAXIMIZE,
+                optuna.study.StudyDirection.MINIMIZE,
+            ]
+            assert exported.metric_names == ["val_accuracy", "parameters"]
+            assert exported.user_attrs["objectives"][1]["metric"] == "parameters"
+            got = [(t.number, t.state, t.values) for t in exported.trials]
+            front = sorted(t.number for t in exported.best_trials)
+            pruned = exported.trials[2]
+        assert got == [
+            (0, TrialState.COMPLETE, [0.93, 7014.0]),
+            (1, TrialState.COMPLETE, [0.95, 7998.0]),
+            # As Optuna keeps a pruned trial of several objectives: without values.
+            (2, TrialState.PRUNED, None),
+            (3, TrialState.FAIL, None),
+            (4, TrialState.COMPLETE, [0.90, 7998.0]),
+        ]
+        assert pruned.user_attrs["values_at_stop"] == [0.41, 7342.0]
+        assert pruned.intermediate_values == {}
+        # Optuna's own front of the file: trial 4 is dominated by trial 1.
+        assert front == [0, 1]
+
+    def test_a_validation_metric_missing_from_an_epoch_is_left_out(self, tmp_path):
+        study = study_json(spec={"objective": {"metric": "val_accuracy"}})
+        rows = [
+            {"epoch": 0, "val_accuracy": None, "test_accuracy": 0.5},
+            {"epoch": 1, "val_accuracy": 0.8, "test_accuracy": 0.7},
+        ]
+        path = export(tmp_path, study, [trial_json(0, value=0.8)], {"job_0": rows})
+        with loaded(path, "lr-sched") as exported:
+            assert exported.trials[0].intermediate_values == {2: 0.8}
+
+
+def two_objective_study() -> dict[str, Any]:
+    return study_json(spec={"objective": TWO_OBJECTIVES[0], "objectives": TWO_OBJECTIVES})
+
+
 class TestOptunaDashboard:
-    def test_the_dashboard_serves_the_exported_file_as_it_is(self, tmp_path):
-        path = export(tmp_path, study_json(), [trial_json(0, value=0.9), trial_json(1, value=0.8)])
+    @pytest.mark.parametrize(
+        ("study", "trials", "directions"),
+        [
+            (study_json(), [trial_json(0, value=0.9), trial_json(1, value=0.8)], ["maximize"]),
+            (
+                two_objective_study(),
+                [
+                    trial_json(0, values=[0.93, 7014.0]),
+                    trial_json(1, values=[0.95, 7998.0]),
+                    trial_json(2, "pruned", values=[0.4, 7342.0]),
+                ],
+                ["maximize", "minimize"],
+            ),
+        ],
+        ids=["one-objective", "two-objectives"],
+    )
+    def test_the_dashboard_serves_the_exported_file_as_it_is(
+        self, tmp_path, study, trials, directions
+    ):
+        path = export(tmp_path, study, trials)
         port = free_port()
         log = tmp_path / "dashboard.log"
         command = [str(Path(sys.executable).parent / "optuna-dashboard"), str(path)]
@@ -252,5 +326,5 @@ class TestOptunaDashboard:
         finally:
             dashboard.terminate()
             dashboard.wait(timeout=10)
-        assert [study["study_name"] for study in listed] == [study_name(study_json())]
-        assert listed[0]["directions"] == ["maximize"]
+        assert [summary["study_name"] for summary in listed] == [study_name(study)]
+        assert listed[0]["directions"] == directions

@@ -40,6 +40,7 @@ def study_json(**fields: Any) -> dict[str, Any]:
             "job_id": "job_0",
             "params": {"optimizer.lr": 0.05, "model.layers[0].out_channels": 8},
             "value": 0.9512,
+            "test_accuracy": 0.9431,
         },
         "importances": {"optimizer.lr": 0.75, "model.layers[0].out_channels": 0.25},
         "confirmed": [
@@ -84,9 +85,9 @@ class TestShow:
         text = text_of(study_view(study_json()))
         assert text.splitlines()[0] == "study stu_1  lr-batch  succeeded"
         assert "finished     2026-12-01 10:01:05 UTC (after 1m 05s)" in text
-        assert "objective    maximize test_accuracy (best epoch)" in text
+        assert "objective    maximize val_accuracy (best epoch)" in text
         assert "trials       3 total: 2 succeeded, 1 pruned" in text
-        assert "best         trial 0: test_accuracy 0.9512" in text
+        assert "best         trial 0: val_accuracy 0.9512 (test_accuracy 0.9431)" in text
         # A path with brackets is data, not rich markup.
         assert "model.layers[0].out_channels = 8" in text
         assert "optimizer.lr                  0.75" in text
@@ -107,7 +108,7 @@ class TestShow:
 class TestTrials:
     def test_a_row_per_trial_with_its_epochs_and_reason(self):
         trials = [
-            trial_json(0, "succeeded", value=0.9512, epochs_completed=2),
+            trial_json(0, "succeeded", value=0.9512, test_accuracy=0.9431, epochs_completed=2),
             trial_json(1, "pruned", value=0.31, epochs_completed=1, reason="stopped by asha"),
             trial_json(2, "succeeded", value=0.9488, epochs_completed=2, confirms=0, seed=5),
         ]
@@ -115,12 +116,13 @@ class TestTrials:
         assert rows[0].split() == [
             "trial",
             "state",
+            "val_accuracy",
             "test_accuracy",
             "epochs",
             "params",
             "reason",
         ]
-        assert rows[2].split()[:4] == ["0", "succeeded", "0.9512", "2/2"]
+        assert rows[2].split()[:5] == ["0", "succeeded", "0.9512", "0.9431", "2/2"]
         assert "stopped by asha" in rows[4]
         assert "confirms trial 0, seed 5" in "\n".join(rows)
 
@@ -140,8 +142,8 @@ class TestWatch:
         ]
         assert [str(line) for line in lines] == [
             "trial 0 queued: optimizer.lr=0.05, model.layers[0].out_channels=8",
-            "trial 0 epoch 1/2: test_accuracy 0.8000",
-            "trial 0 succeeded: test_accuracy 0.9000 after 2 epochs",
+            "trial 0 epoch 1/2: val_accuracy 0.8000",
+            "trial 0 succeeded: val_accuracy 0.9000 after 2 epochs",
             "trial 1 pruned: asha",
             "trial 2 infeasible: too big",
         ]
