@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 BASE = {
     "epochs": 2,
     "batch_size": 64,
-    "data": {"train_subset": 512, "test_subset": 200},
+    "data": {"train_subset": 512, "test_subset": 200, "validation": 200},
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "schedule": {"name": "constant"},
 }
@@ -74,7 +74,7 @@ def test_create_watch_show_trials_export_and_cancel(production_stack: Stack, tmp
     assert shown.returncode == 0, shown.stderr
     best = study["best"]
     assert shown.stdout.splitlines()[0].split() == ["study", study_id, "client-grid", "succeeded"]
-    assert f"trial {best['trial']}: test_accuracy {best['value']:.4f}" in shown.stdout
+    assert f"trial {best['trial']}: val_accuracy {best['value']:.4f}" in shown.stdout
     assert f"batch_size = {best['params']['batch_size']}" in shown.stdout
     counts = study["trials"]
     assert f"trials       2 total: {counts['succeeded']} succeeded" in shown.stdout
@@ -89,10 +89,16 @@ def test_create_watch_show_trials_export_and_cancel(production_stack: Stack, tmp
     with stack.client(key) as client:
         by_value = client.get(f"/v1/studies/{study_id}/trials", params={"order": "value"})
     expected = [
-        [str(t["number"]), t["state"], f"{t['value']:.4f}", f"{t['epochs_completed']}/2"]
+        [
+            str(t["number"]),
+            t["state"],
+            f"{t['value']:.4f}",
+            f"{t['test_accuracy']:.4f}",
+            f"{t['epochs_completed']}/2",
+        ]
         for t in by_value.json()["items"]
     ]
-    assert [row[:4] for row in rows] == expected
+    assert [row[:5] for row in rows] == expected
     assert all(f"batch_size={t['params']['batch_size']}" in ranked.stdout for t in trials)
 
     exported_path = tmp_path / "x.db"
@@ -107,7 +113,7 @@ def test_create_watch_show_trials_export_and_cancel(production_stack: Stack, tmp
         assert frozen.params == trial["params"]
         assert frozen.state.name == OPTUNA_STATES[trial["state"]]
         assert frozen.intermediate_values == {
-            row["epoch"] + 1: row["test_accuracy"] for row in rows_of_job
+            row["epoch"] + 1: row["val_accuracy"] for row in rows_of_job
         }
         assert frozen.user_attrs["job_id"] == trial["job_id"]
         if trial["state"] == "succeeded":
