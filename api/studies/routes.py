@@ -68,7 +68,8 @@ def list_studies(
 
 @router.get("/{study_id}", operation_id="get_study", response_model=StudyPublic)
 def get_study(study: StudyDep, session: SessionDep) -> StudyPublic:
-    """One study: its trials counted by state, the best trial, importances, confirmations."""
+    """One study: its trials counted by state, the best trial (or the front of a study of
+    several objectives), importances, confirmations."""
     return study_view(session, study)
 
 
