@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     events_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
     # Threads for the trainer; 0 means one per available core.
     torch_threads: int = Field(default=0, ge=0)
+    # On a GPU, capture each job's training step in CUDA graphs where the job allows it
+    # (worker.training.graphs); false trains every step eagerly.
+    cuda_graphs: bool = True
 
     # Limits that protect the service, enforced when a job is submitted.
     max_epochs: int = Field(default=100, ge=1)

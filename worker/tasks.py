@@ -120,7 +120,7 @@ def _train_and_report(
     job_id = claim.job_id
     try:
         # Decided once for the job, and passed down to everything that trains or evaluates.
-        hardware = detect_hardware()
+        hardware = detect_hardware(cuda_graphs=settings.cuda_graphs)
         log.info("job %s: training on %s", job_id, hardware)
         data = mnist_on_device(str(settings.data_dir), hardware.device)
         result = None

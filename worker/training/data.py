@@ -70,9 +70,13 @@ class InputTransform:
         self.shift = self.mean / self.std
         self.augmenter = augmenter if augmenter is not None and augmenter.active else None
 
-    def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, train: bool = False, draws: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A training batch is augmented, by `draws` (BatchAugmenter.draw's, on the images'
+        device) if given, else by draws made here."""
         batch = images.unsqueeze(1).to(torch.float32)
         if train and self.augmenter is not None:
-            augmented = self.augmenter(batch.mul_(1.0 / 255.0))
+            augmented = self.augmenter(batch.mul_(1.0 / 255.0), draws=draws)
             return augmented.sub_(self.mean).div_(self.std)
         return batch.mul_(self.scale).sub_(self.shift)

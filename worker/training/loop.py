@@ -11,7 +11,7 @@ generators all continue from where they were.
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -24,11 +24,13 @@ from worker.training.checkpoints import Checkpointing
 from worker.training.data import InputTransform, MnistTensors, Split
 from worker.training.determinism import deterministic_algorithms
 from worker.training.device import Hardware
+from worker.training.graphs import CapturePlan, GraphedStep, build_step, plan_capture
 from worker.training.model import build_for_training
 from worker.training.optimizers import build_optimizer
 from worker.training.progress import EVALUATION_SHARE, ProgressMeter, images_per_epoch
 from worker.training.schedules import LearningRateController, batches_per_epoch
 from worker.training.splits import split_training_images
+from worker.training.steps import EagerStep, EpochDraws, to_device
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +73,62 @@ class TrainingHandedBack(Exception):
 
 
 @dataclass
+class EpochTimes:
+    """Where an epoch's seconds went, each part ending where the host waits for the device
+    anyway (so that timing it costs no synchronisation)."""
+
+    # The batches: their steps, augmentation, stop checks and progress; capture included.
+    train: float = 0.0
+    # Capturing CUDA graphs, part of `train`.
+    capture: float = 0.0
+    test: float = 0.0
+    validation: float = 0.0
+    checkpoint: float = 0.0
+    # Handing the epoch to the reporter.
+    report: float = 0.0
+
+    def describe(self) -> str:
+        parts = [f"train {self.train:.2f}"]
+        if self.capture:
+            parts.append(f"of which capture {self.capture:.2f}")
+        parts.append(f"test {self.test:.2f}")
+        if self.validation:
+            parts.append(f"validation {self.validation:.2f}")
+        parts += [f"checkpoint {self.checkpoint:.3f}", f"report {self.report:.3f}"]
+        return ", ".join(parts)
+
+
+@dataclass
 class TrainingResult:
     epochs_completed: int
     final: EpochMetrics | None
     # What it trained and validated on.
     split: DataSplit | None = None
+    # Building the run (the split, the model, its optimizer and schedule, any resume).
+    setup_seconds: float = 0.0
+    # One per epoch this run trained.
+    epoch_times: list[EpochTimes] = field(default_factory=list)
+    capture: CapturePlan | None = None
 
 
 def evaluate(
     model: nn.Module, split: Split, transform: InputTransform, hardware: Hardware
 ) -> tuple[float, float]:
     """Mean loss and accuracy over a split, in large batches with autograd off, at the
-    job's precision."""
+    job's precision; summed on the device and read back once."""
     model.eval()
-    loss_sum = 0.0
-    correct = 0
+    device = split.labels.device
+    # Each batch's sum added in double precision, as a Python float would be.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.inference_mode(), hardware.autocast():
         for start in range(0, len(split), EVAL_BATCH_SIZE):
             images = transform(split.images[start : start + EVAL_BATCH_SIZE])
             labels = split.labels[start : start + EVAL_BATCH_SIZE]
             logits = model(images).float()
-            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == labels).sum())
-    return loss_sum / len(split), correct / len(split)
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(dim=1) == labels).sum()
+    return float(loss_sum) / len(split), int(correct) / len(split)
 
 
 @dataclass
@@ -178,11 +213,11 @@ def _train(
     resume: dict[str, Any] | None,
 ) -> TrainingResult:
     device = hardware.device
+    set_up_at = time.perf_counter()
     setup = Setup.from_spec(spec, data, device)
     shuffler, train_split, test_split = setup.shuffler, setup.train_split, setup.test_split
     validation_split = setup.validation_split
     transform, model, optimizer = setup.transform, setup.model, setup.optimizer
-    loss_fn = setup.loss_fn
     lr_control = LearningRateController(optimizer, spec, len(train_split))
     progress = ProgressMeter(
         reporter.batch_progress,
@@ -204,16 +239,38 @@ def _train(
         final = EpochMetrics.model_validate(resume["metrics"])
         log.info("resuming after epoch %d", first_epoch - 1)
 
+    plan = plan_capture(
+        device_type=device.type,
+        graphs_available=hardware.graphs,
+        deterministic=spec.deterministic,
+        batch_sizes=[spec.batch_size_for_epoch(e) for e in range(first_epoch, spec.epochs)],
+        train_images=len(train_split),
+    )
+    log.info("training steps: %s", plan.describe())
+    step = build_step(
+        EagerStep(model, setup.loss_fn, optimizer, transform, train_split, hardware), plan
+    )
+    draws = EpochDraws(transform, device)
+    result = TrainingResult(
+        epochs_completed=spec.epochs,
+        final=final,
+        split=setup.split,
+        setup_seconds=time.perf_counter() - set_up_at,
+        capture=plan,
+    )
+
     for epoch in range(first_epoch, spec.epochs):
+        times = EpochTimes()
+        captured_before = step.capture_seconds if isinstance(step, GraphedStep) else 0.0
         batch_size = spec.batch_size_for_epoch(epoch)
         epoch_lr = lr_control.lr
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(len(train_split), generator=shuffler).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        order = to_device(torch.randperm(len(train_split), generator=shuffler), device)
         seen = 0
         batches = batches_per_epoch(len(train_split), batch_size)
+        step.start_epoch()
+        draws.start_epoch(images_per_epoch(len(train_split), batch_size))
         progress.start_epoch(epoch, batches)
         for index in range(batches):
             if reporter.should_stop():
@@ -222,31 +279,29 @@ def _train(
             if handback_by is not None and not _epoch_fits(handback_by, started, index, batches):
                 raise TrainingHandedBack(epoch)
             batch = order[index * batch_size : (index + 1) * batch_size]
-            images = transform(train_split.images[batch], train=True)
-            labels = train_split.labels[batch]
-            with hardware.autocast():
-                logits = model(images)
-                loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(batch, draws.take(len(batch)))
             lr_control.after_batch()
-            # Accumulated on the device: no host sync per batch.
-            loss_sum += loss.detach() * len(batch)
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(batch)
             progress.batch_done(index + 1, seen)
+        # The first read of the device's results this epoch: it waits for the last batch.
+        loss_total, correct = step.sums()
         train_seconds = time.perf_counter() - started
-        train_loss = float(loss_sum) / seen
+        times.train = train_seconds
+        if isinstance(step, GraphedStep):
+            times.capture = step.capture_seconds - captured_before
+        train_loss = loss_total / seen
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch}")
 
         test_loss, test_accuracy = evaluate(model, test_split, transform, hardware)
+        times.test = time.perf_counter() - started - train_seconds
         if not math.isfinite(test_loss):
             raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch}")
         val_loss = val_accuracy = None
         if validation_split is not None:
+            validating = time.perf_counter()
             val_loss, val_accuracy = evaluate(model, validation_split, transform, hardware)
+            times.validation = time.perf_counter() - validating
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(f"the validation loss became {val_loss} after epoch {epoch}")
         # A plateau schedule watches the validation loss when the job holds images out for
@@ -255,7 +310,7 @@ def _train(
         final = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
-            train_accuracy=int(correct) / seen,
+            train_accuracy=correct / seen,
             test_loss=test_loss,
             test_accuracy=test_accuracy,
             val_loss=val_loss,
@@ -267,6 +322,7 @@ def _train(
         )
         checkpoint = None
         if checkpointing is not None:
+            writing = time.perf_counter()
             # Everything the next epoch depends on; the batch size follows from the epoch.
             checkpoint = checkpointing.write(
                 epoch,
@@ -283,8 +339,19 @@ def _train(
                 test_accuracy,
                 val_accuracy,
             )
-        log.info("epoch %d: test accuracy %.4f, %.1f s", epoch, test_accuracy, final.epoch_seconds)
+            times.checkpoint = time.perf_counter() - writing
+        reporting = time.perf_counter()
         reporter.epoch_finished(final, checkpoint)
+        times.report = time.perf_counter() - reporting
+        result.final = final
+        result.epoch_times.append(times)
+        log.info(
+            "epoch %d: test accuracy %.4f, %.1f s (%s)",
+            epoch,
+            test_accuracy,
+            final.epoch_seconds,
+            times.describe(),
+        )
         if reporter.handback_deadline() is not None and epoch + 1 < spec.epochs:
             raise TrainingHandedBack(epoch + 1)
-    return TrainingResult(epochs_completed=spec.epochs, final=final, split=setup.split)
+    return result
