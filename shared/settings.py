@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # On a GPU, capture each job's training step in CUDA graphs where the job allows it
     # (worker.training.graphs); false trains every step eagerly.
     cuda_graphs: bool = True
+    # `tunelab worker --gpus`: training processes per GPU, each a worker of its own (its
+    # --per-gpu option, when given, stands instead).
+    workers_per_gpu: int = Field(default=1, ge=1, le=64)
 
     # Limits that protect the service, enforced when a job is submitted.
     max_epochs: int = Field(default=100, ge=1)

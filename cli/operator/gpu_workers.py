@@ -1,9 +1,15 @@
-"""`tunelab worker --gpus`: one training worker per GPU, each seeing only its own device.
+"""`tunelab worker --gpus`: training workers per GPU, each seeing only its own device.
 
-A supervisor starts one `tunelab worker` per device, with CUDA_VISIBLE_DEVICES set to that
-device alone, one training process, and a name of its own (`NAME-gpuN`, NAME being
-TUNELAB_WORKER_NAME or the host name): its Celery node name, and the `worker` a job names.
-So a node with 8 GPUs trains 8 jobs at once, one per device.
+A supervisor starts `--per-gpu N` (default 1, or TUNELAB_WORKERS_PER_GPU) `tunelab worker`s
+per device, each with CUDA_VISIBLE_DEVICES set to that device alone, one training process,
+and a name of its own: `NAME-gpuD` with one worker per device, `NAME-gpuD-K` (K from 0) with
+several, NAME being TUNELAB_WORKER_NAME or the host name. That is its Celery node name, and
+the `worker` a job names. So a node with 8 GPUs and `--per-gpu 4` trains 32 jobs at once.
+
+Several processes on one GPU pay when each job leaves the device idle between its kernels,
+as small networks do: the device interleaves their kernels. Each process holds its own CUDA
+context and a copy of MNIST on the device, and the CPU threads are shared out: unless
+TUNELAB_TORCH_THREADS is set, each worker gets the node's cores divided by the workers.
 
 SIGTERM or SIGINT to the supervisor is passed on to every worker as SIGTERM
 (cli.operator.child_processes), which hands its job back as a lone worker does; the supervisor
@@ -16,6 +22,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cli.operator.child_processes import ChildProcesses, shell_status
 
@@ -23,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 WORKER_NAME = "TUNELAB_WORKER_NAME"
+TORCH_THREADS = "TUNELAB_TORCH_THREADS"
 
 
 class NoDevices(Exception):
@@ -60,30 +68,66 @@ def visible_devices() -> list[str]:
     return devices
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One worker of the node: the device it sees and the name it goes by."""
+
+    device: str
+    name: str
+
+
+def slots(devices: Sequence[str], name: str, per_gpu: int = 1) -> list[Slot]:
+    """The node's workers, device by device: `per_gpu` on each."""
+    if per_gpu < 1:
+        raise ValueError(f"{per_gpu} workers per GPU: at least one")
+    if per_gpu == 1:
+        return [Slot(device, f"{name}-gpu{device}") for device in devices]
+    return [
+        Slot(device, f"{name}-gpu{device}-{index}")
+        for device in devices
+        for index in range(per_gpu)
+    ]
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """The node's cores shared out among its workers, at least one each."""
+    available = len(os.sched_getaffinity(0)) if cores is None else cores
+    return max(1, available // max(1, workers))
+
+
 def worker_command() -> list[str]:
     """One `tunelab worker` with a single training process: the one device's."""
     return [sys.executable, "-m", "cli.main", "worker", "--concurrency", "1"]
 
 
-def worker_env(device: str, name: str) -> dict[str, str]:
-    return {**os.environ, CUDA_VISIBLE_DEVICES: device, WORKER_NAME: f"{name}-gpu{device}"}
+def worker_env(slot: Slot, threads: int) -> dict[str, str]:
+    env = {**os.environ, CUDA_VISIBLE_DEVICES: slot.device, WORKER_NAME: slot.name}
+    # An operator's own setting stands.
+    env.setdefault(TORCH_THREADS, str(threads))
+    return env
 
 
-def run(devices: Sequence[str], name: str, command: Sequence[str] | None = None) -> int:
-    """Starts `command` (a `tunelab worker`) once per device and supervises them until they
-    have all exited; the exit status for the supervisor."""
+def run(
+    devices: Sequence[str],
+    name: str,
+    command: Sequence[str] | None = None,
+    per_gpu: int = 1,
+) -> int:
+    """Starts `command` (a `tunelab worker`) `per_gpu` times per device and supervises them
+    until they have all exited; the exit status for the supervisor."""
     argv = list(command or worker_command())
+    node = slots(devices, name, per_gpu)
+    threads = threads_per_worker(len(node))
     # No grace of our own: a worker handing its job back takes the time it needs, and
     # whatever runs the node kills the lot after its stop grace period.
     with ChildProcesses(stop_grace=None) as workers:
-        for device in devices:
-            process = workers.start(device, argv, env=worker_env(device, name))
-            log.info("worker %s-gpu%s started (pid %d)", name, device, process.pid)
+        for slot in node:
+            process = workers.start(slot.name, argv, env=worker_env(slot, threads))
+            log.info("worker %s started on GPU %s (pid %d)", slot.name, slot.device, process.pid)
         broken = workers.wait_for_signal_or_exit()
         if broken is not None:
             log.error(
-                "worker %s-gpu%s exited with status %s; stopping the others",
-                name,
+                "worker %s exited with status %s; stopping the others",
                 broken,
                 workers.processes[broken].returncode,
             )

@@ -1,5 +1,6 @@
 """`tunelab worker`: a Celery training worker with a pool of training processes, or with
-`--gpus` one such worker per GPU under a supervisor (cli.operator.gpu_workers)."""
+`--gpus` such workers per GPU (one, or `--per-gpu N`) under a supervisor
+(cli.operator.gpu_workers)."""
 
 import socket
 from typing import Annotated
@@ -19,10 +20,21 @@ def worker(
             help="one worker per GPU, each seeing only its own: `all`, or indices such as 0,1"
         ),
     ] = None,
+    per_gpu: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="with --gpus: training workers per GPU, each with its own CUDA context "
+            "(default TUNELAB_WORKERS_PER_GPU, 1)",
+        ),
+    ] = None,
 ) -> None:
     """Run a training worker."""
     settings = load_settings()
     require(settings, "worker_token")
+    if per_gpu is not None and gpus is None:
+        raise typer.BadParameter("only with --gpus", param_hint="--per-gpu")
     devices = _devices(gpus, concurrency) if gpus is not None else None
     configure_logging()
     from worker.mnist_files import ensure_mnist
@@ -33,7 +45,9 @@ def worker(
     if devices is not None:
         from cli.operator import gpu_workers
 
-        raise typer.Exit(gpu_workers.run(devices, settings.worker_name or socket.gethostname()))
+        name = settings.worker_name or socket.gethostname()
+        per_device = per_gpu or settings.workers_per_gpu
+        raise typer.Exit(gpu_workers.run(devices, name, per_gpu=per_device))
     from shared.broker import make_broker_folders
     from worker.celery_app import app
 
@@ -58,7 +72,9 @@ def _devices(gpus: str, concurrency: int) -> list[str]:
 
     if concurrency != 1:
         raise typer.BadParameter(
-            "one training process per GPU: leave --concurrency out", param_hint="--concurrency"
+            "each worker of --gpus has one training process: leave --concurrency out, and ask "
+            "for more per GPU with --per-gpu",
+            param_hint="--concurrency",
         )
     try:
         chosen = gpu_workers.parse_gpus(gpus)

@@ -1,7 +1,7 @@
-"""`tunelab worker --gpus 0,1` on the embedded default: two real Celery workers under one
-supervisor, each started seeing only its own device, training a job each at the same time,
-and both stopped by one SIGTERM to the supervisor. (Without a GPU, each trains on the CPU:
-what is checked is what each process was given.)"""
+"""`tunelab worker --gpus 0,1` (and `--gpus 0 --per-gpu 2`) on the embedded default: two real
+Celery workers under one supervisor, each started seeing only its own device, training a job
+each at the same time, and both stopped by one SIGTERM to the supervisor. (Without a GPU, each
+trains on the CPU: what is checked is what each process was given.)"""
 
 import signal
 from datetime import datetime
@@ -21,7 +21,17 @@ JOB = {"epochs": 2, "data": {"train_subset": 2000, "test_subset": 200}}
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
-def test_one_worker_per_gpu_each_seeing_only_its_device(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("options", "workers"),
+    [
+        (["--gpus", "0,1"], {"node-7-gpu0": "0", "node-7-gpu1": "1"}),
+        (["--gpus", "0", "--per-gpu", "2"], {"node-7-gpu0-0": "0", "node-7-gpu0-1": "0"}),
+    ],
+    ids=["one-per-gpu", "two-on-one-gpu"],
+)
+def test_workers_per_gpu_each_seeing_only_its_device(
+    tmp_path: Path, options: list[str], workers: dict[str, str]
+):
     env = {"TUNELAB_WORKER_NAME": "node-7", "TUNELAB_TORCH_THREADS": "1"}
     stack = Stack(
         tmp_path, f"sqlite:///{tmp_path}/tunelab.db", "filesystem://", "training", extra_env=env
@@ -31,7 +41,7 @@ def test_one_worker_per_gpu_each_seeing_only_its_device(tmp_path: Path):
         stack.tunelab("db", "upgrade")
         stack.start_api()
         key = stack.create_key()
-        supervisor = stack.start("worker", "worker", "--gpus", "0,1")
+        supervisor = stack.start("worker", "worker", *options)
 
         def both_ready() -> bool:
             if supervisor.popen.poll() is not None:
@@ -40,12 +50,12 @@ def test_one_worker_per_gpu_each_seeing_only_its_device(tmp_path: Path):
 
         wait_until(both_ready, 90, "both workers to be ready")
         seen = {
-            environment_of(pid)["CUDA_VISIBLE_DEVICES"]: environment_of(pid)["TUNELAB_WORKER_NAME"]
+            environment_of(pid)["TUNELAB_WORKER_NAME"]: environment_of(pid)["CUDA_VISIBLE_DEVICES"]
             for pid in children_of(supervisor.popen.pid)
         }
-        assert seen == {"0": "node-7-gpu0", "1": "node-7-gpu1"}
-        for node in ("celery@node-7-gpu0", "celery@node-7-gpu1"):
-            assert node in supervisor.log()
+        assert seen == workers
+        for name in workers:
+            assert f"celery@{name}" in supervisor.log()
 
         with httpx.Client(
             base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=10
@@ -60,7 +70,7 @@ def test_one_worker_per_gpu_each_seeing_only_its_device(tmp_path: Path):
 
             jobs = wait_until(finished, 90, "both jobs to finish")
         assert [job["status"] for job in jobs] == ["succeeded", "succeeded"]
-        assert {job["worker"] for job in jobs} == {"node-7-gpu0", "node-7-gpu1"}
+        assert {job["worker"] for job in jobs} == set(workers)
         (start_a, end_a), (start_b, end_b) = (
             (
                 datetime.fromisoformat(str(job["started_at"])),
