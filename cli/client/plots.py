@@ -196,10 +196,16 @@ def plot_front(
             color=FRONT_COLOUR,
             label=f"front ({len(ends)})",
         )
+        # Trials of the same values (a configuration sampled again) share one label.
+        labels: dict[tuple[float, float], list[str]] = {}
         for trial in ends:
+            labels.setdefault((trial["values"][x], trial["values"][y]), []).append(
+                str(trial["number"])
+            )
+        for point, numbers in labels.items():
             axes.annotate(
-                str(trial["number"]),
-                (trial["values"][x], trial["values"][y]),
+                ", ".join(numbers),
+                point,
                 textcoords="offset points",
                 xytext=(4, 4),
                 fontsize="small",
