@@ -46,9 +46,12 @@ fuzz-live: install
 test: lint
 	$(BIN)/pytest --ignore=tests/faults --durations=15
 
+# DEVICE=cpu|cuda|auto (auto: the GPU if there is one); BENCH_TRAIN_ARGS="--sections trial"
+# picks parts (bench/README.md). On a GPU machine without a package index: bench/gpu_run.sh.
+DEVICE ?= auto
 bench-train: install
 	$(BIN)/tunelab data prepare
-	$(BIN)/python -m bench.train_speed
+	$(BIN)/python -m bench.train_speed --device $(DEVICE) $(BENCH_TRAIN_ARGS)
 
 # BENCH_API_ARGS="--api-workers 1 2" compares one API process with two.
 bench-api: install
