@@ -1,5 +1,6 @@
-"""CPU seconds that processes and their descendants used, read from Linux's /proc: what a
-benchmark's neighbours (an API, a broker's poller, a heartbeat) cost while it was timed."""
+"""CPU seconds and resident memory of processes, read from Linux's /proc: what a benchmark's
+neighbours (an API, a broker's poller, a heartbeat) cost while it was timed, and what a
+training process holds."""
 
 import os
 from pathlib import Path
@@ -50,3 +51,14 @@ def snapshot(pids: list[int]) -> Snapshot:
 def used_since(before: Snapshot) -> Snapshot:
     """The CPU seconds each process of `before` used since."""
     return {pid: cpu_seconds(pid) - seconds for pid, seconds in before.items()}
+
+
+def resident_mib(pid: int) -> float:
+    """The resident memory of `pid` (VmRSS), in MiB; 0 once it has gone."""
+    try:
+        for line in (PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

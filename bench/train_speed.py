@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -182,6 +182,8 @@ class ServiceRun:
     log: list[str]
     # CPU seconds each process of the deployment (and this bench) used while the job ran.
     cpu: dict[str, float]
+    # The worker's processes' resident memory once the job has ended.
+    resident_mib: dict[str, float] = field(default_factory=dict)
 
 
 LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
@@ -257,8 +259,14 @@ def service(spec: JobSpec, data_dir: Path, device: torch.device) -> ServiceRun:
         used = process_cpu.used_since(before)
         rows = client.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]
         log = job_log(stack.workers[0].log(), str(job["id"]))
+        memory = {
+            names[pid]: process_cpu.resident_mib(pid)
+            for pid in names
+            if names[pid].startswith("worker")
+        }
     cpu = {names[pid]: seconds for pid, seconds in used.items()}
-    return ServiceRun(rows, wall, seconds_between(job, "started_at", "finished_at"), log, cpu)
+    running = seconds_between(job, "started_at", "finished_at")
+    return ServiceRun(rows, wall, running, log, cpu, resident_mib=memory)
 
 
 def summary(name: str, rows: list[dict[str, float]]) -> dict[str, float]:
@@ -312,6 +320,10 @@ def baseline(args: argparse.Namespace, hardware: Hardware) -> int:
     print(
         "(c) CPU seconds while it ran: "
         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in run.cpu.items())
+    )
+    print(
+        "(c) resident memory after it: "
+        + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in run.resident_mib.items())
     )
     for number, times in enumerate(second_b.result.epoch_times):
         print(f"(b) epoch {number}: {times.describe()}")
