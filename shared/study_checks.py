@@ -2,7 +2,7 @@
 it is queued. Each problem names the field to change, as a job's do."""
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -22,6 +22,7 @@ from shared.study_spec import (
     PathStep,
     StudySpec,
     dimension_size,
+    outside,
     parse_path,
     path_problem,
     with_value,
@@ -83,7 +84,17 @@ def admit_trial(
     return admit(spec, settings)
 
 
-def constraint_violations(analysis: Analysis, constraints: Constraints) -> dict[str, float]:
+class ModelSize(Protocol):
+    """What constraints are checked against: an Analysis, or the counts a job keeps of it."""
+
+    @property
+    def parameters(self) -> int: ...
+
+    @property
+    def multiply_adds(self) -> int: ...
+
+
+def constraint_violations(analysis: ModelSize, constraints: Constraints) -> dict[str, float]:
     """How far over each constraint the model is, as a fraction of the limit (0 is within)."""
     violations = {}
     if constraints.max_parameters is not None:
@@ -268,14 +279,70 @@ def _objective_problems(study: StudySpec) -> list[Problem]:
                 "would stop every trial behind the best so far: use median, asha or hyperband",
             )
         )
-    if multi and study.confirm is not None:
+    if multi and study.confirm is not None and not study.confirm.refit:
         problems.append(
             Problem(
-                ("confirm",),
-                "confirmation ranks configurations by one objective; a study of several "
-                "objectives reports its front (`pareto`) instead",
+                ("confirm", "refit"),
+                "without refit, confirmation ranks configurations by one objective; a study "
+                "of several objectives confirms its front with refit (true, the default)",
             )
         )
+    return problems
+
+
+def _enqueue_problems(study: StudySpec, base: dict[str, Any], settings: Settings) -> list[Problem]:
+    """Each enqueued configuration must be a point of the space that makes a valid job."""
+    enqueued = study.enqueue or []
+    if len(enqueued) > study.max_trials:
+        return [
+            Problem(
+                ("enqueue",),
+                f"{len(enqueued)} configurations, but the study runs {study.max_trials} "
+                "trials: enqueue at most max_trials",
+            )
+        ]
+    problems = []
+    for index, params in enumerate(enqueued):
+        where: tuple[str | int, ...] = ("enqueue", index)
+        unknown = sorted(set(params) - set(study.space))
+        if unknown:
+            problems.append(
+                Problem(
+                    where,
+                    f"{quoted(unknown)} are not in the space; keys are from: "
+                    + shortened(", ".join(study.space), REASON_CHARACTERS),
+                )
+            )
+            continue
+        missing = sorted(set(study.space) - set(params))
+        if missing and study.sampler.name == "grid":
+            problems.append(
+                Problem(
+                    where,
+                    f"a grid study runs whole points of its grid: give {quoted(missing)} too",
+                )
+            )
+            continue
+        outside_problems = [
+            Problem((*where, path), f"must be {reason}")
+            for path, value in params.items()
+            if (reason := outside(study.space[path], value)) is not None
+        ]
+        if outside_problems:
+            problems += outside_problems
+            continue
+        try:
+            admit_trial(base, params, settings)
+        except SpecRejected as rejected:
+            problems.append(
+                Problem(
+                    where,
+                    "does not make a valid job: "
+                    + shortened(describe_problems(rejected.problems), REASON_CHARACTERS),
+                )
+            )
+        if len(problems) >= MAX_SPACE_PROBLEMS:
+            break
     return problems
 
 
@@ -323,7 +390,11 @@ def admit_study(study: StudySpec, settings: Settings) -> StudySpec:
         raise SpecRejected(problems)
     resolved = study.model_copy(update={"base": base})
     problems = _grid_problems(study, settings)
-    problems += _space_problems(resolved, base.model_dump(mode="json"), settings)
+    base_body = base.model_dump(mode="json")
+    problems += _space_problems(resolved, base_body, settings)
+    if not problems:
+        # Only over a valid space: an enqueued value is checked against its distribution.
+        problems += _enqueue_problems(resolved, base_body, settings)
     if study.max_trials > settings.max_trials:
         problems.append(Problem(("max_trials",), f"at most {settings.max_trials}", "limit"))
     if study.confirm is not None:

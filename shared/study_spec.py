@@ -117,6 +117,33 @@ def dimension_size(distribution: Distribution) -> int | None:
     return None
 
 
+def outside(distribution: Distribution, value: JsonValue) -> str | None:
+    """What `value` must be to be one the distribution can take, or None if it is one: what
+    an enqueued configuration is held to, so that it is a point of the space the sampler
+    knows."""
+    if isinstance(distribution, CategoricalDistribution):
+        if encode_choice(value) in [encode_choice(choice) for choice in distribution.choices]:
+            return None
+        return f"one of the choices {distribution.choices}"[:200] + f", not {value!r}"[:80]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"a number between {distribution.low} and {distribution.high}, not {value!r}"[:200]
+    if isinstance(distribution, IntDistribution):
+        if not isinstance(value, int) and not float(value).is_integer():
+            return f"an integer, not {value}"
+        if not distribution.low <= value <= distribution.top:
+            return f"between {distribution.low} and {distribution.top}, not {value}"
+        if (int(value) - distribution.low) % distribution.step:
+            return f"{distribution.low} plus a multiple of {distribution.step}, not {value}"
+        return None
+    if not distribution.low <= value <= distribution.high:
+        return f"between {distribution.low} and {distribution.high}, not {value}"
+    if distribution.step is not None:
+        steps = (value - distribution.low) / distribution.step
+        if abs(steps - round(steps)) > 1e-8:
+            return f"{distribution.low} plus a multiple of {distribution.step}, not {value}"
+    return None
+
+
 def encode_choice(choice: JsonValue) -> str | int | float | bool | None:
     """A categorical choice as Optuna can hold it: scalars as they are, lists and objects as
     canonical JSON text (which also makes them readable in optuna-dashboard)."""
@@ -212,6 +239,29 @@ class Constraints(StrictModel):
 class ConfirmSpec(StrictModel):
     top_k: int = Field(default=3, ge=1, le=20)
     seeds: int = Field(default=3, ge=1, le=20)
+    refit: bool = Field(
+        default=True,
+        description="Train each configuration again on every training image (the base's "
+        "`data.validation` set to 0) with `seeds` new seeds, and report the runs' test "
+        "accuracy (`test_mean`, `test_std`, `test_min_last3`). False re-runs it as the search "
+        "trained it and ranks by the objective's mean over the search trial and its runs",
+    )
+
+
+# Enqueued configurations run before anything is sampled; each is checked as a job at
+# submission, like a bound of the space.
+MAX_ENQUEUED = 32
+STUDY_ID_PATTERN = r"^stu_[A-Za-z0-9_-]{1,36}$"
+
+
+class WarmStart(StrictModel):
+    study_id: str = Field(
+        max_length=40,
+        pattern=STUDY_ID_PATTERN,
+        description="A study of yours with the same `space`: its finished trials are told to "
+        "the sampler before this study's first (they are not re-run, and do not count "
+        "against `max_trials`)",
+    )
 
 
 class StudySpec(StrictModel):
@@ -236,6 +286,14 @@ class StudySpec(StrictModel):
     max_trials: int = Field(default=20, ge=1, le=MAX_INT32)
     max_parallel_trials: int = Field(default=1, ge=1, le=64)
     confirm: ConfirmSpec | None = None
+    enqueue: list[dict[Annotated[str, Field(max_length=200)], JsonValue]] | None = Field(
+        default=None,
+        max_length=MAX_ENQUEUED,
+        description="Configurations to run first, in order, before the sampler proposes "
+        "anything: objects of `space` keys and values inside their distributions (a key left "
+        "out is sampled). They are search trials and count against `max_trials`",
+    )
+    warm_start: WarmStart | None = None
 
     @field_validator("space")
     @classmethod

@@ -210,6 +210,13 @@ class Study(SQLModel, table=True):
         default=None, sa_column=Column(JSON, nullable=True)
     )
     importances_trials: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # With `warm_start`: the other study's finished trials as its sampler is told them,
+    # taken when this study was submitted (api/studies/warm_start.py), so that every pass
+    # tells the same ones whatever becomes of that study.
+    warm_trials: list[dict[str, Any]] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False, server_default="[]"),
+    )
     # Scheduler passes in a row that failed on this study (a pass that succeeds resets it):
     # a few in a row end the study, failed, so that one that cannot be scheduled never loops.
     # Kept here, so that a restarted API counts on.

@@ -28,8 +28,10 @@ def create_study(
     idempotency_key: str | None,
     body_hash: str,
     max_active_studies: int,
+    warm_trials: list[dict[str, Any]] | None = None,
 ) -> tuple[Study, bool]:
-    """Stores a study (queued until its first trial); returns it and whether it is new.
+    """Stores a study (queued until its first trial), with the trials its warm start tells
+    its sampler; returns it and whether it is new.
     Raises TooManyStudies when the tenant already has `max_active_studies` queued or
     running (a replay is answered all the same: it is no new study)."""
     replayed = open_submission(session, Study, tenant_id, idempotency_key, body_hash)
@@ -42,6 +44,7 @@ def create_study(
         spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         request_hash=body_hash,
+        warm_trials=warm_trials or [],
     )
     session.add(study)
     session.commit()

@@ -92,6 +92,32 @@ class TrialRecord:
     # Whether the trial trained to its end: what a multi-objective study's importances use.
     succeeded: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        """The record as a study row keeps a warm start's trials."""
+        return {
+            "number": self.number,
+            "state": self.state.name,
+            "params": self.params,
+            "value": self.value,
+            "values": self.values,
+            "intermediate": {str(step): value for step, value in self.intermediate.items()},
+            "system_attrs": self.system_attrs,
+            "succeeded": self.succeeded,
+        }
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> "TrialRecord":
+        return cls(
+            number=int(stored["number"]),
+            state=TrialState[stored["state"]],
+            params=stored["params"],
+            value=stored.get("value"),
+            values=stored.get("values"),
+            intermediate={int(step): value for step, value in stored["intermediate"].items()},
+            system_attrs=stored.get("system_attrs", {}),
+            succeeded=bool(stored.get("succeeded")),
+        )
+
 
 def optuna_distribution(distribution: Distribution) -> BaseDistribution:
     if isinstance(distribution, CategoricalDistribution):
@@ -232,14 +258,33 @@ def _frozen(spec: StudySpec, record: TrialRecord) -> FrozenTrial:
     )
 
 
+# NSGA-II sorts a study's complete trials into generations by this system attribute and
+# ignores trials without one.
+NSGA2_GENERATION = "NSGAIISampler:generation"
+
+
+def _warm(spec: StudySpec, record: TrialRecord) -> TrialRecord:
+    """A warm start's trial as this study's sampler is told it. For NSGA-II, a trial of a
+    study that did not run it has no generation: it is made one of the first, so that the
+    warm start's trials are the parents of this study's first children (a study that ran
+    NSGA-II keeps its own generations, and this one breeds on from its last)."""
+    if spec.sampler.name != "nsga2" or NSGA2_GENERATION in record.system_attrs:
+        return record
+    attrs = {**record.system_attrs, NSGA2_GENERATION: 0}
+    return TrialRecord(**{**record.__dict__, "system_attrs": attrs})
+
+
 def rebuild(
     study_id: str,
     spec: StudySpec,
     sampler_state: dict[str, Any],
     records: Sequence[TrialRecord],
     sampler: BaseSampler | None = None,
+    warm: Sequence[TrialRecord] = (),
 ) -> StoredStudy:
-    """An in-memory Optuna study holding the ledger's trials, in the order of their numbers."""
+    """An in-memory Optuna study holding a warm start's trials (`warm`, in their order), then
+    the ledger's trials in the order of their numbers: trial `n` of the ledger is Optuna's
+    trial `len(warm) + n`."""
     if spec.multi_objective:
         stored = StoredStudy.create(
             study_id,
@@ -252,6 +297,8 @@ def rebuild(
             study_id, sampler or RandomSampler(), make_pruner(spec), spec.objective.direction
         )
     stored.set_study_attrs(sampler_state)
+    for record in warm:
+        stored.study.add_trial(_frozen(spec, _warm(spec, record)))
     for record in sorted(records, key=lambda r: r.number):
         stored.study.add_trial(_frozen(spec, record))
     return stored
@@ -270,13 +317,20 @@ def ask(
     spec: StudySpec,
     sampler_state: dict[str, Any],
     records: Sequence[TrialRecord],
+    warm: Sequence[TrialRecord] = (),
+    enqueued: dict[str, Any] | None = None,
 ) -> Asked:
-    """The next trial's parameters, from the sampler told every trial so far."""
+    """The next trial's parameters, from the sampler told a warm start's trials and every
+    trial so far; `enqueued` (an `enqueue` configuration) fixes them, through Optuna's own
+    enqueue_trial, so that the sampler records the trial as it records any (a parameter the
+    configuration leaves out is sampled)."""
     number = len(records)
-    stored = rebuild(study_id, spec, sampler_state, records, make_sampler(spec, number))
+    stored = rebuild(study_id, spec, sampler_state, records, make_sampler(spec, number), warm=warm)
+    if enqueued is not None:
+        stored.study.enqueue_trial(encoded(spec, enqueued))
     trial = stored.study.ask(distributions(spec))
     return Asked(
-        number=trial.number,
+        number=trial.number - len(warm),
         params=decoded(spec, trial.params),
         system_attrs=stored.trial_attrs(trial.number),
         sampler_state=stored.study_attrs(),

@@ -117,6 +117,15 @@ def epoch_metrics(spec: StudySpec) -> list[str]:
     return [goal.metric for goal in spec.objective_list if not goal.static]
 
 
+def read_metrics(spec: StudySpec) -> list[str]:
+    """The metrics rows' columns a study's trials are read with: its objectives', and the
+    test accuracy its refit confirmation runs report."""
+    columns = epoch_metrics(spec)
+    if spec.confirm is not None and spec.confirm.refit and "test_accuracy" not in columns:
+        columns.append("test_accuracy")
+    return columns
+
+
 def take_metrics(
     metrics: dict[str, dict[int, float]], row: EpochMetricRow, columns: Sequence[str]
 ) -> None:
@@ -139,10 +148,14 @@ def new_trial_view(row: TrialRow, job: Job | None = None) -> TrialView:
     return TrialView(row, _state(row, job), job)
 
 
-def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[TrialView]]:
-    """Every trial of `studies`, by study id, in trial order."""
+def trial_views(
+    session: Session, studies: Sequence[Study], reading: StudySpec | None = None
+) -> dict[str, list[TrialView]]:
+    """Every trial of `studies`, by study id, in trial order, with the metrics each study's
+    spec reads (or those `reading` does: a warm start reads another study's trials by the
+    objectives of the study it starts)."""
     ids = [study.id for study in studies]
-    columns = {study.id: epoch_metrics(study.parsed_spec()) for study in studies}
+    columns = {study.id: read_metrics(reading or study.parsed_spec()) for study in studies}
     views: dict[str, list[TrialView]] = {study_id: [] for study_id in ids}
     if not ids:
         return views
@@ -169,8 +182,10 @@ def trial_views(session: Session, studies: Sequence[Study]) -> dict[str, list[Tr
     return views
 
 
-def study_trials(session: Session, study: Study) -> list[TrialView]:
-    return trial_views(session, [study])[study.id]
+def study_trials(
+    session: Session, study: Study, reading: StudySpec | None = None
+) -> list[TrialView]:
+    return trial_views(session, [study], reading)[study.id]
 
 
 def unsettled_trials(
@@ -401,6 +416,24 @@ def ranked_search_trials(spec: StudySpec, views: Sequence[TrialView]) -> list[Tr
     return sorted(done, key=lambda v: (sign * (v.value(spec.objective) or 0.0), v.number))
 
 
+def confirmation_tops(spec: StudySpec, views: Sequence[TrialView]) -> list[TrialView]:
+    """The search trials whose configurations `confirm` runs again: the `top_k` best by
+    validation (for several objectives, of the front, by the first objective), in that
+    order. Chosen on what the search measured, never on test."""
+    if spec.confirm is None:
+        return []
+    if spec.multi_objective:
+        by_number = {view.number: view for view in views}
+        tops = [by_number[trial.number] for trial in pareto_trials(spec, views)]
+    else:
+        tops = ranked_search_trials(spec, views)
+    return tops[: spec.confirm.top_k]
+
+
+# A refit run's test accuracy over its last epochs: what the assignment holds a model to.
+LAST_EPOCHS = 3
+
+
 def confirmed(spec: StudySpec, views: Sequence[TrialView]) -> list[ConfirmedConfiguration] | None:
     if spec.confirm is None:
         return None
@@ -410,8 +443,12 @@ def confirmed(spec: StudySpec, views: Sequence[TrialView]) -> list[ConfirmedConf
             confirmations[view.row.confirms].append(view)
     if not confirmations:
         return []
+    tops = confirmation_tops(spec, views)
+    if spec.confirm.refit:
+        # In the order they were chosen: ranking them by test would choose on test.
+        return [_refit(top, confirmations.get(top.number, [])) for top in tops]
     configurations = []
-    for top in ranked_search_trials(spec, views)[: spec.confirm.top_k]:
+    for top in tops:
         runs = [top, *confirmations.get(top.number, [])]
         done = [
             (run, value)
@@ -424,7 +461,8 @@ def confirmed(spec: StudySpec, views: Sequence[TrialView]) -> list[ConfirmedConf
             ConfirmedConfiguration(
                 trial=top.number,
                 params=top.row.params,
-                mean=statistics.fmean(values),
+                parameters=_parameters(top),
+                mean=statistics.fmean(values) if values else None,
                 std=statistics.stdev(values) if len(values) > 1 else 0.0,
                 n=len(values),
                 values=values,
@@ -432,7 +470,38 @@ def confirmed(spec: StudySpec, views: Sequence[TrialView]) -> list[ConfirmedConf
             )
         )
     sign = -1 if spec.objective.maximize else 1
-    return sorted(configurations, key=lambda c: (sign * c.mean, c.trial))
+    return sorted(
+        configurations,
+        key=lambda c: (c.mean is None, sign * (c.mean or 0.0), c.trial),
+    )
+
+
+def _parameters(view: TrialView) -> int | None:
+    count = view.static_value("parameters")
+    return None if count is None else int(count)
+
+
+def _refit(top: TrialView, runs: Sequence[TrialView]) -> ConfirmedConfiguration:
+    """A configuration trained again on every training image: its runs' test accuracy, the
+    last epoch's of each, and the lowest of their last LAST_EPOCHS epochs."""
+    done = [
+        (run, by_epoch)
+        for run in runs
+        if run.state == TrialState.succeeded and (by_epoch := run.metrics.get("test_accuracy"))
+    ]
+    finals = [by_epoch[max(by_epoch)] for _, by_epoch in done]
+    lasts = [by_epoch[epoch] for _, by_epoch in done for epoch in sorted(by_epoch)[-LAST_EPOCHS:]]
+    return ConfirmedConfiguration(
+        trial=top.number,
+        params=top.row.params,
+        parameters=_parameters(top),
+        n=len(done),
+        test_mean=statistics.fmean(finals) if finals else None,
+        test_std=statistics.stdev(finals) if len(finals) > 1 else (0.0 if finals else None),
+        test_min_last3=min(lasts) if lasts else None,
+        test_values=finals,
+        job_ids=[run.row.job_id for run, _ in done if run.row.job_id],
+    )
 
 
 def counts(views: Sequence[TrialView]) -> TrialCounts:
@@ -469,6 +538,7 @@ def study_public(study: Study, views: Sequence[TrialView]) -> StudyPublic:
         pareto=pareto,
         importances=study.importances,
         confirmed=confirmed(spec, views),
+        warm_trials=len(study.warm_trials),
         error=JobError.model_validate(study.error) if study.error else None,
     )
 

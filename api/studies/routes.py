@@ -14,6 +14,7 @@ from api.studies.events import EVENT_DATA, StreamState, study_events_description
 from api.studies.ledger import cancel_study, create_study
 from api.studies.reads import leaderboard, studies_page, study_trials, study_view
 from api.studies.schemas import StudyList, StudyPublic, TrialList
+from api.studies.warm_start import warm_start_trials
 from api.web.problem_docs import problem_responses
 from api.web.sse import event_stream, event_stream_response
 from shared.study_checks import admit_study
@@ -45,7 +46,13 @@ def submit_study(
     body_hash = request_hash(spec.model_dump(mode="json"))
     stored = admit_study(spec, settings)
     study, created = create_study(
-        session, tenant.id, stored, idempotency_key, body_hash, settings.max_active_studies
+        session,
+        tenant.id,
+        stored,
+        idempotency_key,
+        body_hash,
+        settings.max_active_studies,
+        warm_trials=warm_start_trials(session, tenant.id, stored),
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -29,13 +29,13 @@ from api.studies.ledger import (
     finish_study,
     save_importances,
 )
-from api.studies.optuna_bridge import ask, importances, infeasible_attrs
+from api.studies.optuna_bridge import TrialRecord, ask, importances, infeasible_attrs
 from api.studies.reads import (
     TrialView,
     active_studies,
+    confirmation_tops,
     new_trial_view,
     optuna_records,
-    ranked_search_trials,
     study_trials,
     tenant_active_jobs,
 )
@@ -144,7 +144,17 @@ def _infeasibility(spec: StudySpec, analysis: Analysis) -> tuple[str | None, dic
 
 def _next_search_trial(context: StudyContext, search: list[TrialView]) -> TrialView | None:
     session, study, spec = context.session, context.study, context.spec
-    asked = ask(study.id, spec, study.sampler_state, optuna_records(spec, search))
+    enqueue = spec.enqueue or []
+    # Enqueued configurations are the first search trials, one each, in order.
+    enqueued = enqueue[len(search)] if len(search) < len(enqueue) else None
+    asked = ask(
+        study.id,
+        spec,
+        study.sampler_state,
+        optuna_records(spec, search),
+        warm=[TrialRecord.from_json(stored) for stored in study.warm_trials],
+        enqueued=enqueued,
+    )
     try:
         job_spec, analysis = admit_trial(context.base, asked.params, context.settings)
         reason, violations = _infeasibility(spec, analysis)
@@ -179,23 +189,30 @@ def _next_search_trial(context: StudyContext, search: list[TrialView]) -> TrialV
     return new_trial_view(row, job)
 
 
+# What a refit run changes of its configuration: it trains on every training image,
+# holding none out and taking no subset (`train_subset` is a search's shortcut).
+REFIT_CHANGES = {"data.validation": 0, "data.train_subset": None}
+
+
 def _queue_confirmations(context: StudyContext, views: list[TrialView], active: int) -> int:
-    """Re-runs the top configurations with new seeds, as slots allow; returns how many it
-    queued. The seeds follow the trial's own (see `confirmation_seed`)."""
+    """Re-runs the top configurations with new seeds (refit: on every training image), as
+    slots allow; returns how many it queued. The seeds follow the trial's own (see
+    `confirmation_seed`)."""
     session, study, spec = context.session, context.study, context.spec
     if spec.confirm is None:
         return 0
     queued = 0
     runs_of = Counter(view.row.confirms for view in views if view.row.confirms is not None)
     next_number = max((view.number for view in views), default=-1) + 1
-    for top in ranked_search_trials(spec, views)[: spec.confirm.top_k]:
+    changes = REFIT_CHANGES if spec.confirm.refit else {}
+    for top in confirmation_tops(spec, views):
         seed = int(top.job.spec["seed"]) if top.job else spec.base.seed
         for run in range(runs_of[top.number], spec.confirm.seeds):
             if active + queued >= spec.max_parallel_trials:
                 return queued
             job_spec, analysis = admit_trial(
                 context.base,
-                {**top.row.params, "seed": confirmation_seed(seed, run)},
+                {**top.row.params, **changes, "seed": confirmation_seed(seed, run)},
                 context.settings,
             )
             stored = add_trial_job(
@@ -231,7 +248,7 @@ def _all_done(spec: StudySpec, views: list[TrialView], target: int) -> bool:
         return False
     if spec.confirm is None:
         return True
-    tops = ranked_search_trials(spec, views)[: spec.confirm.top_k]
+    tops = confirmation_tops(spec, views)
     runs = [view.row.confirms for view in views if view.row.confirms is not None]
     return all(runs.count(top.number) >= spec.confirm.seeds for top in tops)
 

@@ -62,13 +62,46 @@ class ParetoTrial(BaseModel):
 
 
 class ConfirmedConfiguration(BaseModel):
+    """A configuration the search chose, run again with new seeds. With `refit` (the
+    default) its runs train on every training image and it reports their test accuracy;
+    without, it reports the objective over the search trial and its runs."""
+
     trial: int = Field(description="The search trial whose configuration was re-run")
     params: dict[str, Any]
-    mean: float
-    std: float = Field(description="Sample standard deviation over the runs (0 for one run)")
-    n: int = Field(description="Succeeded runs: the search trial and its confirmation runs")
-    values: list[float]
+    parameters: int | None = Field(default=None, description="The model's parameter count")
+    n: int = Field(
+        description="Succeeded runs: with refit, the refit runs; without, the search trial "
+        "and its confirmation runs"
+    )
     job_ids: list[str]
+    mean: float | None = Field(
+        default=None,
+        description="Without refit: the objective's mean over the runs (null with refit: a "
+        "refit run holds no images out to measure it on)",
+    )
+    std: float | None = Field(
+        default=None,
+        description="Without refit: the objective's sample standard deviation (0 for one run)",
+    )
+    values: list[float] | None = Field(
+        default=None, description="Without refit: the objective of each run"
+    )
+    test_mean: float | None = Field(
+        default=None, description="With refit: the mean of the runs' last-epoch test accuracy"
+    )
+    test_std: float | None = Field(
+        default=None,
+        description="With refit: the sample standard deviation of the runs' last-epoch test "
+        "accuracy (0 for one run)",
+    )
+    test_min_last3: float | None = Field(
+        default=None,
+        description="With refit: the lowest test accuracy of the last three epochs over all "
+        "runs, the figure a target such as 99.4% is held to",
+    )
+    test_values: list[float] | None = Field(
+        default=None, description="With refit: each run's last-epoch test accuracy"
+    )
 
 
 class TrialPublic(BaseModel):
@@ -130,7 +163,14 @@ class StudyPublic(BaseModel):
         "several objectives: for the first one measured by training)"
     )
     confirmed: list[ConfirmedConfiguration] | None = Field(
-        description="With `confirm`: the top configurations ranked by their mean over seeds"
+        description="With `confirm`: the configurations chosen on validation, run again. "
+        "With refit, in the order they were chosen, with their test accuracy; without, "
+        "ranked by the objective's mean over seeds"
+    )
+    warm_trials: int = Field(
+        default=0,
+        description="With `warm_start`: the earlier study's finished trials its sampler was "
+        "told first (not re-run, not counted in `trials`)",
     )
     error: JobError | None
 

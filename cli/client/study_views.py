@@ -124,25 +124,46 @@ def _importances(importances: Mapping[str, float]) -> Table:
     return grid
 
 
-def _confirmed(metric: str, confirmed: Sequence[Mapping[str, Any]]) -> Table:
+def _confirmed(metric: str, confirmed: Sequence[Mapping[str, Any]], refit: bool) -> Table:
+    """The confirmed configurations: with refit, each one's test accuracy over its runs on
+    every training image, in the order the search chose them; without, the objective's mean
+    over seeds, best first."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    scores = (
+        [("test mean ± std", "right"), ("min last 3", "right")]
+        if refit
+        else [(f"{metric} mean ± std", "right")]
+    )
     for header, justify in (
-        ("rank", "right"),
+        ("#" if refit else "rank", "right"),
         ("trial", "right"),
-        (f"{metric} mean ± std", "right"),
+        *scores,
         ("runs", "right"),
+        ("parameters", "right"),
         ("params", "left"),
     ):
         table.add_column(header, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for rank, configuration in enumerate(confirmed, start=1):
+        if refit:
+            shown = [
+                _mean_std(configuration.get("test_mean"), configuration.get("test_std")),
+                format_value(configuration.get("test_min_last3")),
+            ]
+        else:
+            shown = [_mean_std(configuration.get("mean"), configuration.get("std"))]
         table.add_row(
             str(rank),
             str(configuration["trial"]),
-            f"{configuration['mean']:.4f} ± {configuration['std']:.4f}",
+            *shown,
             str(configuration["n"]),
+            format_metric("parameters", configuration.get("parameters")),
             format_params(configuration["params"], "\n"),
         )
     return table
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    return "—" if mean is None else f"{mean:.4f} ± {std or 0.0:.4f}"
 
 
 def front_table(
@@ -191,6 +212,9 @@ def study_view(study: Mapping[str, Any]) -> RenderableType:
         f"up to {spec['max_trials']} trials, {spec['max_parallel_trials']} at a time",
     )
     grid.add_row("trials", format_counts(study["trials"]))
+    if study.get("warm_trials"):
+        source = (spec.get("warm_start") or {}).get("study_id", "another study")
+        grid.add_row("warm start", f"{study['warm_trials']} finished trials of {source}")
     best = study.get("best")
     if len(objectives) > 1:
         front = study.get("pareto")
@@ -209,7 +233,9 @@ def study_view(study: Mapping[str, Any]) -> RenderableType:
         confirmed = study.get("confirmed")
         grid.add_row(
             "confirmed",
-            _confirmed(metric, confirmed) if confirmed else "not yet",
+            _confirmed(metric, confirmed, spec["confirm"].get("refit", True))
+            if confirmed
+            else "not yet",
         )
     if study.get("error"):
         grid.add_row("error", Text(str(study["error"].get("message", "")), style="red"))

@@ -337,10 +337,11 @@ class TestPruning:
 
 
 class TestConfirm:
-    def test_the_top_configurations_are_rerun_with_new_seeds(
+    def test_without_refit_the_top_configurations_are_rerun_with_new_seeds(
         self, client, auth, scheduler, workers
     ):
-        body = study_body(max_trials=4, confirm={"top_k": 2, "seeds": 2})
+        # As a study stored before refit runs them (refit runs: test_study_warm_starts.py).
+        body = study_body(max_trials=4, confirm={"top_k": 2, "seeds": 2, "refit": False})
         study = run_study(client, auth, scheduler, workers, body)
         trials = trials_of(client, auth, study["id"])
         runs = [t for t in trials if t["confirms"] is not None]

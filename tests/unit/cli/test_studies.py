@@ -24,7 +24,7 @@ def study_json(**fields: Any) -> dict[str, Any]:
             "model.layers[0].out_channels": {"type": "int", "low": 4, "high": 8},
         },
         "pruner": {"name": "asha"},
-        "confirm": {"top_k": 1, "seeds": 1},
+        "confirm": {"top_k": 1, "seeds": 1, "refit": False},
     }
     counts = {"total": 3, "succeeded": 2, "pruned": 1}
     return {
@@ -92,6 +92,31 @@ class TestShow:
         assert "model.layers[0].out_channels = 8" in text
         assert "optimizer.lr                  0.75" in text
         assert "0.9500 ± 0.0017" in text
+
+    def test_refit_runs_show_their_test_accuracy_in_the_order_chosen(self):
+        study = study_json(
+            confirmed=[
+                {
+                    "trial": 0,
+                    "params": {"optimizer.lr": 0.05, "model.layers[0].out_channels": 8},
+                    "parameters": 7342,
+                    "n": 3,
+                    "job_ids": ["job_3", "job_4", "job_5"],
+                    "test_mean": 0.9941,
+                    "test_std": 0.0004,
+                    "test_min_last3": 0.9932,
+                    "test_values": [0.9941, 0.9937, 0.9945],
+                }
+            ],
+            warm_trials=12,
+        )
+        study["spec"]["confirm"]["refit"] = True
+        study["spec"]["warm_start"] = {"study_id": "stu_0"}
+        text = text_of(study_view(study))
+        header = next(line for line in text.splitlines() if "test mean ± std" in line)
+        assert "min last 3" in header and "parameters" in header
+        assert "0.9941 ± 0.0004" in text and "0.9932" in text and "7,342" in text
+        assert "warm start   12 finished trials of stu_0" in text
 
     def test_a_study_just_created(self):
         study = study_json(
