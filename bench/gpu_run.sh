@@ -9,12 +9,15 @@
 #   bench/gpu_run.sh run [ARGS]    on the GPU machine, from the checkout with .whl/ and .mnist/:
 #                                  installs the wheels into /tmp/site (unless the packages are
 #                                  importable already), unpacks MNIST, runs the worker's unit
-#                                  tests and then `python -m bench.train_speed ARGS`
+#                                  tests and then `python -m bench.$BENCH ARGS` (BENCH:
+#                                  train_speed, the default, or quality for bench-quality)
 #
 # Try it here first: `bench/gpu_run.sh pack && PYTHON=.venv/bin/python bench/gpu_run.sh run
-# --device cpu`. Environment: PYTHON (python3), DATA_DIR (/tmp/tunelab-data), SITE
-# (/tmp/site), TESTS (the pytest arguments; empty skips them), WHEELS (.whl), WHEEL_PYTHON
-# (3.12: the GPU image's), INSTALL (auto; `always` installs the wheels even where the
+# --device cpu`. The assignment's study on a GPU:
+# `TESTS= BENCH=quality bench/gpu_run.sh run --processes 4`. Environment: BENCH
+# (train_speed), PYTHON (python3), DATA_DIR (/tmp/tunelab-data), SITE (/tmp/site), TESTS
+# (the pytest arguments; empty skips them), WHEELS (.whl), WHEEL_PYTHON (3.12: the GPU
+# image's), INSTALL (auto; `always` installs the wheels even where the
 # packages are importable, to try the installation with wheels for this Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,11 +74,11 @@ run() {
     # shellcheck disable=SC2086 - the test paths are words
     "$PYTHON" -m pytest $TESTS -q -p no:cacheprovider || echo "tests failed (status $?)"
   fi
-  "$PYTHON" -m bench.train_speed --data-dir "$DATA_DIR" "$@"
+  "$PYTHON" -m "bench.${BENCH:-train_speed}" --data-dir "$DATA_DIR" "$@"
 }
 
 case "${1:-}" in
   pack) pack ;;
   run) shift; run "$@" ;;
-  *) echo "usage: $0 pack | run [bench.train_speed arguments]" >&2; exit 2 ;;
+  *) echo "usage: $0 pack | run [arguments of bench.\$BENCH, train_speed by default]" >&2; exit 2 ;;
 esac
