@@ -141,6 +141,8 @@ def print_confirmed(study: dict[str, Any]) -> None:
             f"test {mean * 100:.2f} ± {std * 100:.2f}%  min last 3 {low * 100:.2f}%  "
             f">= 99.4% throughout: {reached}"
         )
+        runs = ", ".join(f"{value * 100:.2f}" for value in row["test_values"] or [])
+        print(f"      each run's last epoch: {runs}; {json.dumps(row['params'], sort_keys=True)}")
 
 
 def main() -> int:
@@ -170,8 +172,9 @@ def main() -> int:
         flush=True,
     )
     started = time.perf_counter()
-    settings = {"max_concurrent_jobs": str(max(4, args.processes)), "max_trials": "1000"}
-    with embedded_stack(args.data_dir, **settings) as (client, stack):
+    with embedded_stack(
+        args.data_dir, max_concurrent_jobs=str(max(4, args.processes)), max_trials="1000"
+    ) as (client, stack):
         for index in range(1, args.processes):
             stack.start_worker(f"worker-{index}")
         study = run(client, body, args.timeout)
