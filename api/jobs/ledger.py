@@ -16,8 +16,20 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    text,
+    update,
+)
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from api.core.db import is_postgresql
 from api.core.dispatch import Dispatcher
@@ -55,16 +67,22 @@ ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
 # How long a tenant at its concurrent-job limit is asked to wait: about an epoch of a
 # small model, when a slot may have come free.
 JOB_SLOT_RETRY_SECONDS = 30
+JOBS_TABLE = "jobs"
+
+
+def active_jobs_of(tenant_id: str | ColumnElement[str]) -> SelectOfScalar[int]:
+    """How many queued or running jobs the tenant has (an id, or a parameter for one)."""
+    return (
+        select(func.count())
+        .select_from(Job)
+        .where(col(Job.tenant_id) == tenant_id, col(Job.status).in_(ACTIVE_STATUSES))
+    )
 
 
 def reserve_job_slot(session: Session, tenant_id: str, max_active_jobs: int) -> None:
     """Raises TooManyJobs (ending the transaction) if the tenant, whose row the caller has
     locked, already has `max_active_jobs` queued or running."""
-    active = session.exec(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant_id, col(Job.status).in_(ACTIVE_STATUSES))
-    ).one()
+    active = session.exec(active_jobs_of(tenant_id)).one()
     if active >= max_active_jobs:
         session.rollback()
         raise TooManyJobs(
@@ -76,6 +94,56 @@ def reserve_job_slot(session: Session, tenant_id: str, max_active_jobs: int) -> 
         )
 
 
+def _insert_if_slot_free() -> Insert:
+    """INSERT INTO jobs ... SELECT <the new row's values> WHERE <the tenant's queued and
+    running jobs> < :max_active_jobs RETURNING id: the count and the insert in one
+    statement, built once (its compiled form is cached on the engine)."""
+    jobs = Job.metadata.tables[JOBS_TABLE]
+    new_row = select(*(bindparam(column.key, type_=column.type) for column in jobs.columns))
+    slot_free = active_jobs_of(bindparam("tenant_id")).scalar_subquery() < bindparam(
+        "max_active_jobs"
+    )
+    return (
+        insert(jobs).from_select(list(jobs.columns), new_row.where(slot_free)).returning(jobs.c.id)
+    )
+
+
+INSERT_IF_SLOT_FREE = _insert_if_slot_free()
+
+
+def insert_if_slot_free(session: Session, job: Job, max_active_jobs: int) -> bool:
+    """Inserts the job's row, in the caller's transaction, if its tenant has fewer than
+    `max_active_jobs` queued or running; whether it did. One round trip to the database,
+    and no ORM flush."""
+    row = {column: getattr(job, column) for column in Job.metadata.tables[JOBS_TABLE].c.keys()}
+    inserted = session.connection().execute(
+        INSERT_IF_SLOT_FREE, {**row, "max_active_jobs": max_active_jobs}
+    )
+    return inserted.first() is not None
+
+
+def new_job(
+    tenant_id: str,
+    spec: JobSpec,
+    analysis: Analysis,
+    name: str | None = None,
+    **fields: Any,
+) -> Job:
+    """A new queued job, not yet stored."""
+    return Job(
+        tenant_id=tenant_id,
+        name=name or spec.name,
+        spec=spec.model_dump(mode="json"),
+        analysis=analysis.summary(),
+        epochs=spec.epochs,
+        **fields,
+    )
+
+
+def tags_of(job: Job, spec: JobSpec) -> list[JobTag]:
+    return [JobTag(job_id=job.id, tag=tag) for tag in spec.tags]
+
+
 def add_job(
     session: Session,
     tenant_id: str,
@@ -85,16 +153,9 @@ def add_job(
     **fields: Any,
 ) -> Job:
     """Adds a new queued job and its tag rows, in the caller's transaction."""
-    job = Job(
-        tenant_id=tenant_id,
-        name=name or spec.name,
-        spec=spec.model_dump(mode="json"),
-        analysis=analysis.summary(),
-        epochs=spec.epochs,
-        **fields,
-    )
+    job = new_job(tenant_id, spec, analysis, name, **fields)
     session.add(job)
-    session.add_all(JobTag(job_id=job.id, tag=tag) for tag in spec.tags)
+    session.add_all(tags_of(job, spec))
     return job
 
 
@@ -111,16 +172,20 @@ def create_job(
 
     A replay of an earlier submission (same Idempotency-Key and body) answers with its job,
     even when the tenant is at its limit now. Otherwise the tenant's queued and running jobs
-    are counted under the tenant's row lock, so N simultaneous submissions at the limit
-    accept exactly as many as there are free slots.
+    are counted under the tenant's lock, so N simultaneous submissions at the limit accept
+    exactly as many as there are free slots.
     """
     replayed = open_submission(session, Job, tenant_id, idempotency_key, body_hash)
     if replayed is not None:
         return replayed, False
-    reserve_job_slot(session, tenant_id, max_active_jobs)
-    job = add_job(
-        session, tenant_id, spec, analysis, idempotency_key=idempotency_key, request_hash=body_hash
+    job = new_job(
+        tenant_id, spec, analysis, idempotency_key=idempotency_key, request_hash=body_hash
     )
+    # Refused: counted again, exactly, for the answer. Only a job that ended between the two
+    # statements (the lock keeps new ones out) leaves a slot free, and then it is this one's.
+    while not insert_if_slot_free(session, job, max_active_jobs):
+        reserve_job_slot(session, tenant_id, max_active_jobs)
+    session.add_all(tags_of(job, spec))
     session.commit()
     return job, True
 
