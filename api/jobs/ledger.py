@@ -196,19 +196,38 @@ def dispatch(
     """Rings the broker for a committed job and records when; False leaves it to the sweep."""
     if not dispatcher.send(job_id):
         return False
-    if is_postgresql(session):
-        # When a job was sent is a hint for the sweep, not a promise to a client: a crash
-        # that loses it costs one more message, which a claim makes harmless. So this commit
-        # does not wait for the disk, as the job's own insert did.
-        session.execute(text("SET LOCAL synchronous_commit = off"))
-    session.execute(
-        update(Job)
-        .where(col(Job.id) == job_id)
-        .values(dispatched_at=at or utcnow(), dispatches=col(Job.dispatches) + 1)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
+    record_dispatch(session, job_id, at or utcnow())
     return True
+
+
+# When a job was sent is a hint for the sweep, not a promise to a client: a crash that loses
+# it costs one more message, which a claim makes harmless. So on PostgreSQL the hint is one
+# statement that commits itself (autocommit: no BEGIN, no COMMIT to wait for) and does not
+# wait for the disk, as the job's own insert did: set_config(..., true) turns
+# synchronous_commit off for that statement's own transaction only.
+RECORD_DISPATCH_WITHOUT_FSYNC = text(
+    "WITH no_fsync AS (SELECT set_config('synchronous_commit', 'off', true)) "
+    "UPDATE jobs SET dispatched_at = :at, dispatches = jobs.dispatches + 1 "
+    "FROM no_fsync WHERE jobs.id = :job_id"
+)
+
+
+def record_dispatch(session: Session, job_id: str, at: datetime) -> None:
+    """Records that the job was sent at `at`, in a transaction of its own: the caller's, if
+    one is open, is committed first."""
+    session.commit()
+    if is_postgresql(session):
+        autocommit = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        autocommit.execute(RECORD_DISPATCH_WITHOUT_FSYNC, {"at": at, "job_id": job_id})
+    else:
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id)
+            .values(dispatched_at=at, dispatches=col(Job.dispatches) + 1)
+            .execution_options(synchronize_session=False)
+        )
+    # Ends the session's transaction and gives its connection back to the pool.
+    session.commit()
 
 
 def end_attempt(session: Session, job_id: str, attempt: int, outcome: AttemptOutcome) -> None:
