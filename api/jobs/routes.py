@@ -4,9 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.auth.deps import TenantDep
 from api.core.deps import DispatcherDep, SessionDep, SettingsDep, StoreDep
+from api.core.dispatch import Dispatcher
 from api.core.models import JobStatus
 from api.core.submissions import request_hash
 from api.jobs.deps import JobDep
@@ -35,6 +38,7 @@ from api.web.sse import event_stream, event_stream_response
 from shared.checks import admit
 from shared.job_states import JobOrder
 from shared.messages import MAX_INT32
+from shared.settings import Settings
 from shared.spec import JobSpec, Tag
 from shared.strict import PRINTABLE
 
@@ -55,7 +59,7 @@ CURSOR_PATTERN = rf"^({JOB_ID}|(-|[0-9]+(\.[0-9]+)?(e[+-]?[0-9]{{1,2}})?)~{JOB_I
         **problem_responses(409),
     },
 )
-def submit_job(
+async def submit_job(
     spec: JobSpec,
     response: Response,
     session: SessionDep,
@@ -65,13 +69,33 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Validate a job spec, store it as queued, and hand it to a worker."""
+    # The whole submission in one trip to the thread pool. A plain `def` route would take a
+    # second one: FastAPI validates a sync route's answer in the pool too.
+    job, created = await run_in_threadpool(
+        store_and_send, spec, session, tenant.id, settings, dispatcher, idempotency_key
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job
+
+
+def store_and_send(
+    spec: JobSpec,
+    session: Session,
+    tenant_id: str,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    idempotency_key: str | None,
+) -> tuple[JobPublic, bool]:
+    """Stores a submitted job as queued and sends it; the job and whether it is new (an
+    idempotent replay is not, and is not sent again)."""
     # Hashed as submitted, before its preset is resolved: a replay of the same body is the
     # same request, whatever the presets are today.
     body_hash = request_hash(spec.model_dump(mode="json"))
     stored, analysis = admit(spec, settings)
     job, created = create_job(
         session,
-        tenant.id,
+        tenant_id,
         stored,
         analysis,
         idempotency_key,
@@ -79,13 +103,12 @@ def submit_job(
         settings.max_concurrent_jobs,
     )
     if not created:
-        response.status_code = status.HTTP_200_OK
-        return job_view(session, job)
+        return job_view(session, job), False
     # Committed first, then sent: a job is never in the broker but not in the ledger. Sent
     # before answering, so one client's jobs reach the queue in the order it submitted them.
     dispatch(session, dispatcher, job.id)
     # A new job has no metrics, checkpoints or attempts yet: no need to ask the database.
-    return JobPublic.build(job, None, [], [])
+    return JobPublic.build(job, None, [], []), True
 
 
 @router.get("", operation_id="list_jobs", response_model=JobList)
