@@ -17,6 +17,7 @@ from api.web.errors import IdempotencyConflict
 Replayable = TypeVar("Replayable", Job, Study)
 # The first key of the tenants' advisory locks: no other advisory lock of Tunelab's uses it.
 TENANT_LOCKS = 7_301
+LOCK_TENANT = text("SELECT pg_advisory_xact_lock(:space, hashtext(:tenant_id))")
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -32,10 +33,7 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
     at every submission. On SQLite (no row locks, no advisory locks) a no-op update of the
     tenant's row takes the database's write lock, which serialises writers just the same."""
     if is_postgresql(session):
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:space, hashtext(:tenant_id))"),
-            {"space": TENANT_LOCKS, "tenant_id": tenant_id},
-        )
+        session.execute(LOCK_TENANT, {"space": TENANT_LOCKS, "tenant_id": tenant_id})
         return
     session.execute(
         update(Tenant)
