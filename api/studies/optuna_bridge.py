@@ -5,7 +5,9 @@ next trial's parameters, whether to stop a trial after an epoch, the importances
 in-memory Optuna study is rebuilt from what the ledger holds: every trial's parameters,
 state, objective, per-epoch values and Optuna's own per-trial and per-study attributes (grid
 positions, CMA-ES generations, QMC's place in its sequence, ASHA's rungs), which the ledger
-keeps too. A restarted API therefore decides exactly as the one before it would have.
+keeps too. A restarted API therefore decides exactly as the one before it would have. The
+scheduler and the pruner keep the study between decisions instead and tell it only what
+changed (api/studies/kept_study.py, study_memory.py): it then holds what a rebuild would.
 
 Steps are epochs completed: a trial's value after its first epoch is at step 1, so a
 pruner's `min_epochs` counts epochs trained.
@@ -226,20 +228,26 @@ def make_pruner(spec: StudySpec) -> BasePruner:
     raise ValueError(f"no pruner {pruner.name!r}")
 
 
-def _frozen(spec: StudySpec, record: TrialRecord) -> FrozenTrial:
+@dataclass
+class ToldTrial:
+    """A trial as an Optuna study is told it: what `create_trial` is given for a ledger
+    record, and what a kept study's trial must hold to be that record (kept_study.py)."""
+
+    state: TrialState
+    values: list[float] | None
+    params: dict[str, Any]  # as Optuna holds them (encoded)
+    intermediate: dict[int, float]
+    system_attrs: dict[str, Any]
+
+
+def told(spec: StudySpec, record: TrialRecord) -> ToldTrial:
     state = record.state
     params = encoded(spec, record.params)
-    distributions = {path: optuna_distribution(spec.space[path]) for path in record.params}
     if spec.multi_objective:
         if state == TrialState.COMPLETE and record.values is None:
             state = TrialState.FAIL  # finished without a value of every objective
-        return create_trial(
-            state=state,
-            values=record.values if state == TrialState.COMPLETE else None,
-            params=params,
-            distributions=distributions,
-            system_attrs=record.system_attrs,
-        )
+        values = record.values if state == TrialState.COMPLETE else None
+        return ToldTrial(state, values, params, {}, record.system_attrs)
     value = record.value
     if state == TrialState.PRUNED and value is None and record.intermediate:
         # Optuna's own rule: a pruned trial's value is its last reported one.
@@ -248,14 +256,31 @@ def _frozen(spec: StudySpec, record: TrialRecord) -> FrozenTrial:
         # Finished without the metric (a validation metric of a job that held nothing out):
         # it has no value, and Optuna holds no complete trial without one.
         state = TrialState.FAIL
-    return create_trial(
-        state=state,
-        value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
-        params=params,
-        distributions=distributions,
-        intermediate_values=record.intermediate,
-        system_attrs=record.system_attrs,
+    told_value = value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None
+    return ToldTrial(
+        state,
+        None if told_value is None else [told_value],
+        params,
+        record.intermediate,
+        record.system_attrs,
     )
+
+
+def frozen_trial(spec: StudySpec, trial: ToldTrial) -> FrozenTrial:
+    return create_trial(
+        state=trial.state,
+        values=trial.values,
+        params=trial.params,
+        distributions={path: optuna_distribution(spec.space[path]) for path in trial.params},
+        intermediate_values=trial.intermediate,
+        system_attrs=trial.system_attrs,
+    )
+
+
+def study_pruner(spec: StudySpec) -> BasePruner:
+    """The pruner a rebuilt study holds: Optuna's, or none in a study of several objectives
+    (its pruner is ours, api/studies/pruning.py)."""
+    return NopPruner() if spec.multi_objective else make_pruner(spec)
 
 
 # NSGA-II sorts a study's complete trials into generations by this system attribute and
@@ -289,19 +314,27 @@ def rebuild(
         stored = StoredStudy.create(
             study_id,
             sampler or RandomSampler(),
-            NopPruner(),
+            study_pruner(spec),
             directions=[objective.direction or "maximize" for objective in spec.objective_list],
         )
     else:
         stored = StoredStudy.create(
-            study_id, sampler or RandomSampler(), make_pruner(spec), spec.objective.direction
+            study_id, sampler or RandomSampler(), study_pruner(spec), spec.objective.direction
         )
     stored.set_study_attrs(sampler_state)
-    for record in warm:
-        stored.study.add_trial(_frozen(spec, _warm(spec, record)))
-    for record in sorted(records, key=lambda r: r.number):
-        stored.study.add_trial(_frozen(spec, record))
+    for trial in told_trials(spec, records, warm):
+        stored.study.add_trial(frozen_trial(spec, trial))
     return stored
+
+
+def told_trials(
+    spec: StudySpec, records: Sequence[TrialRecord], warm: Sequence[TrialRecord] = ()
+) -> list[ToldTrial]:
+    """The trials a study rebuilt from `records` (after `warm`) holds, in Optuna's order."""
+    return [
+        *(told(spec, _warm(spec, record)) for record in warm),
+        *(told(spec, record) for record in sorted(records, key=lambda r: r.number)),
+    ]
 
 
 @dataclass
@@ -326,11 +359,19 @@ def ask(
     configuration leaves out is sampled)."""
     number = len(records)
     stored = rebuild(study_id, spec, sampler_state, records, make_sampler(spec, number), warm=warm)
+    return ask_told(stored, spec, len(warm), enqueued)
+
+
+def ask_told(
+    stored: StoredStudy, spec: StudySpec, warm_count: int, enqueued: dict[str, Any] | None
+) -> Asked:
+    """The next trial's parameters from a study told a warm start's `warm_count` trials and
+    every ledger trial, whose sampler is the one for the next number (make_sampler)."""
     if enqueued is not None:
         stored.study.enqueue_trial(encoded(spec, enqueued))
     trial = stored.study.ask(distributions(spec))
     return Asked(
-        number=trial.number - len(warm),
+        number=trial.number - warm_count,
         params=decoded(spec, trial.params),
         system_attrs=stored.trial_attrs(trial.number),
         sampler_state=stored.study_attrs(),
@@ -366,7 +407,11 @@ def decide_pruning(
     number: int,
 ) -> PruneDecision:
     """Whether the pruner stops trial `number` (running, with its values so far)."""
-    stored = rebuild(study_id, spec, sampler_state, records)
+    return decide_told(rebuild(study_id, spec, sampler_state, records), spec, number)
+
+
+def decide_told(stored: StoredStudy, spec: StudySpec, number: int) -> PruneDecision:
+    """decide_pruning in a study told every ledger trial (and no warm start's)."""
     study = stored.study
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     prune = study.pruner.prune(study, trial)

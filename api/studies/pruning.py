@@ -12,10 +12,10 @@ from sqlmodel import Session
 
 from api.core.models import Job, Study, StudyStatus
 from api.jobs.ledger import prune_job
-from api.studies.optuna_bridge import decide_pruning
 from api.studies.pareto import Standing, dominator
-from api.studies.reads import TrialView, optuna_records, study_trials, trial_of_job
+from api.studies.reads import TrialView, optuna_records, trial_of_job
 from api.studies.schemas import TrialState
+from api.studies.study_memory import decide_pruning, study_trials
 from shared.study_spec import StudySpec
 
 

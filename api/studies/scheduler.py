@@ -29,17 +29,17 @@ from api.studies.ledger import (
     finish_study,
     save_importances,
 )
-from api.studies.optuna_bridge import TrialRecord, ask, importances, infeasible_attrs
+from api.studies.optuna_bridge import TrialRecord, importances, infeasible_attrs
 from api.studies.reads import (
     TrialView,
     active_studies,
     confirmation_tops,
     new_trial_view,
     optuna_records,
-    study_trials,
     tenant_active_jobs,
 )
 from api.studies.schemas import TrialState
+from api.studies.study_memory import ask, study_trials
 from api.web.errors import TooManyJobs
 from shared.analysis import Analysis
 from shared.checks import SpecRejected
