@@ -23,9 +23,8 @@ def prune_after_epoch(session: Session, job: Job, attempt: int) -> bool:
     """Asks the pruner about the trial's newest epoch (already recorded, not yet committed);
     prunes the job if it says so. The last epoch is never pruned: the trial is done."""
     study = session.get(Study, job.study_id)
-    trial = trial_of_job(session, job)
-    if study is None or trial is None or trial.confirms is not None:
-        return False  # confirmation runs always train to the end
+    if study is None:
+        return False
     spec = study.parsed_spec()
     if spec.pruner.name == "none" or job.epochs_completed >= job.epochs:
         return False
@@ -33,6 +32,10 @@ def prune_after_epoch(session: Session, job: Job, attempt: int) -> bool:
         return False
     session.flush()
     views = study_trials(session, study)
+    # Read with the views (the session has it): no query of its own.
+    trial = trial_of_job(session, job)
+    if trial is None or trial.confirms is not None:
+        return False  # confirmation runs always train to the end
     if spec.pruner.name == "pareto":
         reason = pareto_reason(spec, views, trial.number, job.epochs_completed)
         if reason is not None:

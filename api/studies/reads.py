@@ -189,30 +189,26 @@ def study_trials(
 
 
 def numbered_trials(session: Session, study: Study, numbers: Collection[int]) -> list[TrialView]:
-    """The study's trials numbered `numbers`, in trial order, as study_trials reads them:
-    what a reader that keeps the trials that can no longer change has yet to read."""
+    """The study's trials numbered `numbers`, in trial order, as study_trials reads them (in
+    one query): what a reader that keeps the trials that can no longer change has yet to read."""
     if not numbers:
         return []
     columns = read_metrics(study.parsed_spec())
-    pairs = list(
-        session.exec(
-            select(TrialRow, Job)
-            .outerjoin(Job, col(Job.id) == col(TrialRow.job_id))
-            .where(TrialRow.study_id == study.id, col(TrialRow.number).in_(list(numbers)))
-            .order_by(col(TrialRow.number))
-        )
+    found = session.exec(
+        select(TrialRow, Job, EpochMetricRow)
+        .outerjoin(Job, col(Job.id) == col(TrialRow.job_id))
+        .outerjoin(EpochMetricRow, col(EpochMetricRow.job_id) == col(Job.id))
+        .where(TrialRow.study_id == study.id, col(TrialRow.number).in_(list(numbers)))
+        .order_by(col(TrialRow.number), col(EpochMetricRow.epoch))
     )
-    metrics: dict[str, dict[str, dict[int, float]]] = defaultdict(dict)
-    job_ids = [job.id for _, job in pairs if job is not None]
-    if job_ids:
-        for metric_row in session.exec(
-            select(EpochMetricRow).where(col(EpochMetricRow.job_id).in_(job_ids))
-        ):
-            take_metrics(metrics[metric_row.job_id], metric_row, columns)
-    return [
-        TrialView(row, _state(row, job), job, metrics.get(job.id, {}) if job else {})
-        for row, job in pairs
-    ]
+    views: dict[int, TrialView] = {}
+    for row, job, metric_row in found:
+        view = views.get(row.number)
+        if view is None:
+            view = views[row.number] = TrialView(row, _state(row, job), job)
+        if metric_row is not None:
+            take_metrics(view.metrics, metric_row, columns)
+    return list(views.values())
 
 
 def unsettled_trials(
