@@ -95,7 +95,7 @@ def study_body(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "sampler": {"name": "tpe", "seed": args.seed, "n_startup_trials": args.startup},
         "constraints": {"max_parameters": args.max_parameters},
-        "enqueue": [compact_8k_values()],
+        "enqueue": json.loads(args.enqueue.read_text()) if args.enqueue else [compact_8k_values()],
         "max_trials": args.trials,
         "max_parallel_trials": args.processes,
         "confirm": {"top_k": args.top_k, "seeds": args.seeds, "refit": True},
@@ -157,6 +157,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5, help="refit runs per configuration")
     parser.add_argument("--startup", type=int, default=10, help="TPE's random trials first")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--enqueue",
+        type=Path,
+        help="a JSON list of configurations to run first instead of compact-8k's (with "
+        "--trials 1 and --top-k 1: refit one configuration found earlier)",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("var/data"))
     parser.add_argument("--plot", type=Path, default=Path("var/bench-quality-front.png"))
     parser.add_argument("--json", type=Path, help="write the study and its trials here")
