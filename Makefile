@@ -57,9 +57,10 @@ bench-train: install
 bench-api: install
 	$(BIN)/python -m bench.api_speed $(BENCH_API_ARGS)
 
+# BENCH_STUDY_ARGS="--sections scaling" runs the scaling rows alone (no training, a minute).
 bench-study: install
 	$(BIN)/tunelab data prepare
-	$(BIN)/python -m bench.study_speed
+	$(BIN)/python -m bench.study_speed $(BENCH_STUDY_ARGS)
 
 # The assignment (99.4% under 8,000 parameters) by one study, confirmed on test by refit:
 # hours on a CPU at full scale. BENCH_QUALITY_ARGS scales it (bench/README.md).

@@ -1,9 +1,13 @@
-"""bench-study: what pruning saves. One run of the embedded default with one worker runs the
-same seeded random search twice, with the `asha` pruner and with `none`, and prints for each
-the epochs trained, the wall time and the best objective, and their ratios.
+"""bench-study, in two sections (`--sections`, both by default):
 
-Both studies sample the same specs (a random sampler's draws depend only on its seed and the
-trial's number), so the difference is what the pruner stopped.
+- `scaling`: what an epoch post and a scheduler's ask cost at 10, 100 and 200 trials, with
+  the Optuna study rebuilt for each decision (before) and kept between decisions (after),
+  in the same run (bench/study_scaling.py).
+- `pruning`: what pruning saves. One run of the embedded default with one worker runs the
+  same seeded random search twice, with the `asha` pruner and with `none`, and prints for
+  each the epochs trained, the wall time and the best objective, and their ratios. Both
+  studies sample the same specs (a random sampler's draws depend only on its seed and the
+  trial's number), so the difference is what the pruner stopped.
 """
 
 import argparse
@@ -15,6 +19,7 @@ from typing import Any
 import httpx
 
 from bench.embedded import embedded_service
+from bench.study_scaling import run_scaling
 from testbed.stack import wait_until
 from worker.mnist_files import prepare_mnist
 
@@ -99,6 +104,9 @@ def report(name: str, result: dict[str, Any], trials: int, epochs: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sections", nargs="+", choices=["scaling", "pruning"], default=["scaling", "pruning"]
+    )
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--images", type=int, default=4000, help="training images per trial")
@@ -108,6 +116,15 @@ def main() -> int:
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="step")
     parser.add_argument("--data-dir", type=Path, default=Path("var/data"))
     args = parser.parse_args()
+    met = True
+    if "scaling" in args.sections:
+        met = run_scaling()
+    if "pruning" in args.sections:
+        met = run_pruning(args) and met
+    return 0 if met else 1
+
+
+def run_pruning(args: argparse.Namespace) -> bool:
     prepare_mnist(args.data_dir)
     print(
         f"{args.trials}-trial random search (seed {args.seed}) over lr, batch size and dropout; "
@@ -141,7 +158,7 @@ def main() -> int:
         f"targets (epochs <= {MAX_EPOCH_RATIO:.1f}x, best within {MAX_BEST_GAP_POINTS} points): "
         + ("met" if met else "MISSED")
     )
-    return 0 if met else 1
+    return met
 
 
 if __name__ == "__main__":
