@@ -43,12 +43,13 @@ def compact_8k_values() -> dict[str, Any]:
     widths = [layer.get("out_channels") for layer in preset.raw_layers]
     schedule: dict[str, Any] = recipe["schedule"]  # type: ignore[assignment]
     data: dict[str, Any] = recipe["data"]  # type: ignore[assignment]
+    model: dict[str, Any] = recipe.get("model", {})  # type: ignore[assignment]
     return {
         **{WIDTH.format(i): widths[i] for i in (FIRST, SECOND, THIRD, FOURTH, FIFTH)},
         "schedule.max_lr": schedule["max_lr"],
         "schedule.pct_start": schedule["pct_start"],
         "batch_size": recipe["batch_size"],
-        "model.dropout": 0.0,
+        "model.dropout": model.get("dropout", 0.0),
         "data.augment.rotation_degrees": data["augment"]["rotation_degrees"],
     }
 
