@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 
 from api.core.db import make_engine
 from api.main import create_app
+from api.studies.scheduler import StudyScheduler
 from shared.settings import Settings
 from tests.unit.api.recording_dispatcher import RecordingDispatcher
 from tests.unit.api.tenant_keys import TenantKeys
@@ -44,3 +45,11 @@ def auth(keys: TenantKeys) -> dict[str, str]:
 @pytest.fixture
 def worker_auth(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.worker_token}"}
+
+
+@pytest.fixture
+def scheduler(
+    engine: Engine, dispatcher: RecordingDispatcher, settings: Settings
+) -> StudyScheduler:
+    """The study scheduler over the test's database, its passes run by the test."""
+    return StudyScheduler(engine, dispatcher, settings)

@@ -88,11 +88,6 @@ def until_ended(
     raise AssertionError(f"the study did not end in {PASSES} passes: {study}")
 
 
-@pytest.fixture
-def scheduler(engine: Engine, dispatcher: RecordingDispatcher, settings: Settings):
-    return StudyScheduler(engine, dispatcher, settings)
-
-
 class TestSpecsNoSpecCanBuild:
     def test_a_path_an_earlier_choice_removes_makes_infeasible_trials_and_the_study_ends(
         self, client, auth, scheduler

@@ -6,14 +6,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.core.models import Study
 from api.studies.ledger import add_infeasible_trial
 from api.studies.scheduler import StudyScheduler
 from shared.settings import Settings
-from tests.unit.api.recording_dispatcher import RecordingDispatcher
 from tests.unit.api.tenant_calls import error_fields
 from tests.unit.api.tenant_keys import TenantKeys
 from tests.unit.api.worker_calls import WorkerCalls
@@ -94,11 +92,6 @@ class FakeWorkers:
             else:
                 assert self.calls.finish(job_id, attempt).status_code == 200
         return trained
-
-
-@pytest.fixture
-def scheduler(engine: Engine, dispatcher: RecordingDispatcher, settings: Settings):
-    return StudyScheduler(engine, dispatcher, settings)
 
 
 @pytest.fixture

@@ -6,15 +6,12 @@ what was kept."""
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 from sqlmodel import Session
 
 from api.core.models import Job, Study
 from api.studies.reads import TrialView, study_trials
-from api.studies.scheduler import StudyScheduler
 from api.studies.study_memory import MEMORY, StudyMemory
-from shared.settings import Settings
-from tests.unit.api.recording_dispatcher import RecordingDispatcher
 from tests.unit.api.study_calls import Workers, run_study, study_body, trials_of
 from tests.unit.api.worker_calls import WorkerCalls
 
@@ -24,11 +21,6 @@ TPE_ASHA = study_body(
     max_trials=8,
     max_parallel_trials=2,
 )
-
-
-@pytest.fixture
-def scheduler(engine: Engine, dispatcher: RecordingDispatcher, settings: Settings):
-    return StudyScheduler(engine, dispatcher, settings)
 
 
 @pytest.fixture

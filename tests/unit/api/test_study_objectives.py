@@ -6,12 +6,8 @@ pareto pruner), with the worker played by the test."""
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 
-from api.studies.scheduler import StudyScheduler
-from shared.settings import Settings
 from shared.study_spec import STUDY_VALIDATION_IMAGES
-from tests.unit.api.recording_dispatcher import RecordingDispatcher
 from tests.unit.api.study_calls import (
     GOOD_LR,
     HOPELESS_LR,
@@ -25,11 +21,6 @@ from tests.unit.api.study_calls import (
     validation_curve,
 )
 from tests.unit.api.tenant_calls import error_fields
-
-
-@pytest.fixture
-def scheduler(engine: Engine, dispatcher: RecordingDispatcher, settings: Settings):
-    return StudyScheduler(engine, dispatcher, settings)
 
 
 @pytest.fixture

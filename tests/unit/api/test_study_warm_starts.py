@@ -6,15 +6,11 @@ import statistics
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.core.models import Study
 from api.studies.optuna_bridge import NSGA2_GENERATION, TrialRecord, ask
-from api.studies.scheduler import StudyScheduler
-from shared.settings import Settings
 from shared.study_spec import StudySpec
-from tests.unit.api.recording_dispatcher import RecordingDispatcher
 from tests.unit.api.study_calls import (
     TWO_OBJECTIVES,
     Workers,
@@ -33,11 +29,6 @@ WIDTHS_GRID = {
     "sampler": {"name": "grid", "seed": 3},
     "max_trials": 2,
 }
-
-
-@pytest.fixture
-def scheduler(engine: Engine, dispatcher: RecordingDispatcher, settings: Settings):
-    return StudyScheduler(engine, dispatcher, settings)
 
 
 @pytest.fixture
